@@ -1,0 +1,9 @@
+"""toxrt: real-time multi-animal tracking with live identities.
+
+Quick start::
+
+    from toxrt.config import load_config
+    from toxrt.pipeline import run_session
+    summary = run_session(load_config("params.toml"))
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""Plain data passed between the live stages.
+
+Coordinates are pixels, (x, y) with the origin at the top-left of the full frame.
+Frame indices are 0-based, in the order the source delivers frames.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Status(enum.IntEnum):
+    """Where a published position comes from."""
+
+    MEASURED = 0  # an individual blob matched to the animal's fragment
+    PREDICTED = 1  # no blob this frame; the Kalman prediction stands in
+    CROSSING = 2  # the animal is inside a blob that holds several animals
+    LOST = 3  # not seen for longer than the prediction is trusted
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One grey image from a source."""
+
+    index: int
+    time_s: float  # capture time (UNIX seconds for live sources, index / fps for files)
+    image: np.ndarray  # uint8, (height, width)
+
+
+@dataclass
+class Blobs:
+    """The blobs of one frame as a struct of arrays; n may be 0.
+
+    centroid    float64 (n, 2)  x, y in pixels
+    area        float64 (n,)    pixels
+    orientation float64 (n,)    main-axis angle in radians, in (-pi/2, pi/2]
+    bbox        int32   (n, 4)  x, y, width, height
+    hu          float64 (n, 7)  Hu moment invariants of the blob's masked grey image
+    histogram   float32 (n, bins) intensity histogram of the blob's pixels, sums to 1
+    crop        uint8   (n, s, s) identification image: background set to 0, main axis horizontal
+    is_crossing bool    (n,)    the blob holds more than one animal
+    """
+
+    centroid: np.ndarray
+    area: np.ndarray
+    orientation: np.ndarray
+    bbox: np.ndarray
+    hu: np.ndarray
+    histogram: np.ndarray
+    crop: np.ndarray
+    is_crossing: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.area.shape[0])
+
+    @staticmethod
+    def empty(histogram_bins: int, crop_size: int) -> "Blobs":
+        return Blobs(
+            centroid=np.zeros((0, 2)),
+            area=np.zeros(0),
+            orientation=np.zeros(0),
+            bbox=np.zeros((0, 4), np.int32),
+            hu=np.zeros((0, 7)),
+            histogram=np.zeros((0, histogram_bins), np.float32),
+            crop=np.zeros((0, crop_size, crop_size), np.uint8),
+            is_crossing=np.zeros(0, bool),
+        )
+
+    def subset(self, keep: np.ndarray) -> "Blobs":
+        return Blobs(*(getattr(self, name)[keep] for name in BLOB_FIELDS))
+
+
+BLOB_FIELDS = ("centroid", "area", "orientation", "bbox", "hu", "histogram", "crop", "is_crossing")
+
+
+@dataclass
+class FrameResult:
+    """What the live stage knows after one frame, one row per blob.
+
+    fragment    int64   (n,) fragment id of each blob (crossing blobs have their own fragments)
+    identity    int32   (n,) 1..N, 0 while undecided or for crossing blobs
+    probability float32 (n,) the identity's probability, 0 when identity is 0
+    status      uint8   (n,) Status of each blob's position
+    """
+
+    frame_index: int
+    time_s: float
+    blobs: Blobs
+    fragment: np.ndarray
+    identity: np.ndarray
+    probability: np.ndarray
+    status: np.ndarray
+    events: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IdentityEvent:
+    """A live identity decision or revision of one fragment."""
+
+    frame_index: int
+    fragment: int
+    old_identity: int  # 0 when the fragment had none
+    new_identity: int
+    probability: float
+
+
+# One row per blob per frame, as recorded in a session (see recording.py).
+BLOB_RECORD_DTYPE = np.dtype([
+    ("frame", "i8"),
+    ("time_s", "f8"),
+    ("x", "f8"),
+    ("y", "f8"),
+    ("area", "f4"),
+    ("orientation", "f4"),
+    ("fragment", "i8"),
+    ("identity", "i4"),
+    ("status", "u1"),
+    ("probability", "f4"),
+    ("is_crossing", "?"),
+])
+
+# One row per fragment once it has ended (see fragments.py and recording.py).
+# Fragments coexist when their [start, end] frame intervals overlap.
+FRAGMENT_RECORD_DTYPE = np.dtype([
+    ("fragment", "i8"),
+    ("start", "i8"),  # first frame
+    ("end", "i8"),  # last frame (inclusive)
+    ("n_samples", "i8"),  # blobs in the fragment
+    ("is_crossing", "?"),  # a crossing fragment holds blobs of several animals
+    ("identity", "i4"),  # live identity when the fragment ended (0 = none)
+])
+
+
+def blob_records(result: FrameResult) -> np.ndarray:
+    """The recorded rows of one frame's blobs."""
+    n = len(result.blobs)
+    rows = np.empty(n, BLOB_RECORD_DTYPE)
+    rows["frame"] = result.frame_index
+    rows["time_s"] = result.time_s
+    rows["x"] = result.blobs.centroid[:, 0]
+    rows["y"] = result.blobs.centroid[:, 1]
+    rows["area"] = result.blobs.area
+    rows["orientation"] = result.blobs.orientation
+    rows["fragment"] = result.fragment
+    rows["identity"] = result.identity
+    rows["status"] = result.status
+    rows["probability"] = result.probability
+    rows["is_crossing"] = result.blobs.is_crossing
+    return rows
