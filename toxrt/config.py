@@ -65,12 +65,20 @@ class IdentityConfig:
     revision_interval_frames: int = _opt(10, _positive, "positive")
     reference_samples: int = _opt(64, _positive, "positive")
     fragment_samples: int = _opt(24, _positive, "positive")
+    reference_stride: int = _opt(3, _positive, "positive")
+    reference_min_probability: float = _opt(0.5, _unit_interval, "between 0 and 1")
+    unseen_identity_similarity: float = _opt(0.2, _unit_interval, "between 0 and 1")
     max_shape_difference: float = _opt(0.0, _non_negative, "0 (no shape filter) or positive")
     gauss_mu: float = _opt(1.0, None)
     gauss_sigma: float = _opt(0.05, _positive, "positive")
     correlation_levels: int = _opt(20, lambda v: v >= 2, "2 or more")
     long_fragment_samples: int = _opt(50, _positive, "positive")
     min_correlation: float = _opt(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
+
+    def __post_init__(self) -> None:
+        if self.decision_samples > self.fragment_samples:
+            raise ConfigError(f"identity.decision_samples: {self.decision_samples} must not exceed "
+                              f"identity.fragment_samples ({self.fragment_samples})")
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,11 @@ class FrameResult:
     probability: np.ndarray
     status: np.ndarray
     events: list = field(default_factory=list)
+    # Individual fragments with no blob this frame, at their Kalman prediction.
+    predicted_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # float64 (p, 2)
+    predicted_identity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # int32 (p,)
+    # Crossing fragment id -> live identities of the animals known to be inside it.
+    crossing_identities: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,333 @@
+"""Session writer and loader: round trip, never dropping, kill -9 survival, errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toxrt.config import RecordingConfig
+from toxrt.errors import SessionError
+from toxrt.recording import SessionWriter, coexisting_pairs, load_session
+from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
+
+BINS = 16
+CROP = 12
+N_FRAMES = 300
+CROSS = range(100, 105)  # animals 0 and 1 share one crossing blob in these frames
+
+# Fragment ids by hand: animals 0 and 1 get new fragments after the crossing; animal 2 has one.
+# (fragment, start, end, n_samples, is_crossing, identity at its end)
+EXPECTED_FRAGMENTS = [
+    (1, 0, 99, 100, False, 1),
+    (2, 0, 99, 100, False, 2),
+    (3, 100, 104, 5, True, 0),
+    (4, 105, 299, 195, False, 1),
+    (5, 105, 299, 195, False, 2),
+    (7, 0, 299, 300, False, 3),
+]
+
+
+def _fragment_of(animal: int, frame: int) -> int:
+    if animal == 2:
+        return 7
+    return animal + 1 if frame < CROSS.start else animal + 4
+
+
+def make_result(frame: int) -> FrameResult:
+    """A deterministic frame: 3 animals, or 1 animal + 1 crossing blob in CROSS frames."""
+    rng = np.random.default_rng(frame)
+    if frame in CROSS:
+        fragment = np.array([3, 7])
+        crossing = np.array([True, False])
+        centroid = np.array([[200.0 + frame, 100.0], [50.0, 60.0 + frame * 0.1]])
+    else:
+        fragment = np.array([_fragment_of(k, frame) for k in range(3)])
+        crossing = np.zeros(3, bool)
+        centroid = np.array([[190.0 + frame, 95.0], [210.0 + frame, 105.0], [50.0, 60.0 + frame * 0.1]])
+    n = len(fragment)
+    starts = {1: 0, 2: 0, 4: 105, 5: 105, 7: 0}
+    decided = np.array([f in starts and frame - starts[f] >= 5 for f in fragment])
+    identity = np.where(decided, np.array([{1: 1, 2: 2, 4: 1, 5: 2, 7: 3}.get(f, 0) for f in fragment]), 0)
+    histogram = rng.random((n, BINS)).astype(np.float32)
+    histogram /= histogram.sum(axis=1, keepdims=True)
+    blobs = Blobs(
+        centroid=centroid,
+        area=np.where(crossing, 300.0, 150.0) + rng.random(n),
+        orientation=rng.uniform(-1.5, 1.5, n),
+        bbox=rng.integers(0, 500, (n, 4)).astype(np.int32),
+        hu=rng.normal(size=(n, 7)),
+        histogram=histogram,
+        crop=rng.integers(0, 256, (n, CROP, CROP), dtype=np.uint8),
+        is_crossing=crossing,
+    )
+    events = [IdentityEvent(frame, int(f), 0, int(i), 0.9) for f, i in zip(fragment, identity)
+              if f in starts and frame - starts[f] == 5]
+    return FrameResult(
+        frame_index=frame,
+        time_s=frame / 25.0,
+        blobs=blobs,
+        fragment=fragment.astype(np.int64),
+        identity=identity.astype(np.int32),
+        probability=np.where(identity > 0, 0.9, 0.0).astype(np.float32),
+        status=np.where(crossing, Status.CROSSING, Status.MEASURED).astype(np.uint8),
+        events=events,
+    )
+
+
+def open_writer(folder: Path, cfg: RecordingConfig | None = None, background: np.ndarray | None = None,
+                **kwargs) -> SessionWriter:
+    cfg = cfg or RecordingConfig(flush_interval_s=0.05, queue_frames=8)
+    meta = {"video_paths": ["sim:arena"], "width": 640, "height": 480, "frames_per_second": 25.0,
+            "number_of_animals": 3, "body_length_px": 28.0}
+    return SessionWriter(folder, cfg, meta, 'name = "test"\nnumber_of_animals = 3\n', background,
+                         identification_image_size=CROP, histogram_bins=BINS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> tuple[Path, SessionWriter, list[FrameResult]]:
+    folder = tmp_path_factory.mktemp("rec") / "session_test"
+    background = np.arange(480 * 640, dtype=np.float32).reshape(480, 640) % 256
+    results = [make_result(f) for f in range(N_FRAMES)]
+    with open_writer(folder, background=background) as writer:
+        for result in results:
+            writer.write_frame(result)
+        writer.write_events([{"type": "source", "frame_index": 0, "what": "opened"}])
+        writer.update_meta(frames_tracked=N_FRAMES, stop_frame=N_FRAMES - 1)
+    return folder, writer, results
+
+
+def test_round_trip_rows_features_crops(recorded):
+    folder, writer, results = recorded
+    session = load_session(folder)
+    expected = np.concatenate([blob_records(r) for r in results])
+    assert session.n_frames == N_FRAMES
+    assert session.blobs.dtype == BLOB_RECORD_DTYPE
+    np.testing.assert_array_equal(session.blobs, expected)
+    histograms = np.concatenate([r.blobs.histogram for r in results])
+    assert session.histograms().dtype == np.float32
+    np.testing.assert_allclose(session.histograms(), histograms, atol=1e-3)  # stored as float16
+    np.testing.assert_array_equal(session.hu(), np.concatenate([r.blobs.hu for r in results]))
+    crops = np.concatenate([r.blobs.crop for r in results])
+    assert session.has_crop.all()
+    pick = np.array([0, 5, 317, len(crops) - 1])
+    np.testing.assert_array_equal(session.crops(pick), crops[pick])
+    assert session.crops(np.zeros(0, int)).shape == (0, CROP, CROP)
+
+
+def test_round_trip_meta_parameters_background_events(recorded):
+    folder, writer, results = recorded
+    session = load_session(folder)
+    assert session.meta["format"] == "toxrt-session-1"
+    assert session.meta["complete"] is True
+    assert session.meta["frames_tracked"] == N_FRAMES and session.meta["stop_frame"] == N_FRAMES - 1
+    assert session.meta["number_of_animals"] == 3 and session.meta["n_frames"] == N_FRAMES
+    assert session.parameters == {"name": "test", "number_of_animals": 3}
+    assert session.background.shape == (480, 640) and session.background.dtype == np.uint8
+    assert session.background[0, 300] == 300 % 256
+    identity_events = [e for e in session.events if e["type"] == "identity"]
+    expected = [e for r in results for e in r.events]
+    assert [(e["frame_index"], e["fragment"], e["new_identity"]) for e in identity_events] == \
+        [(e.frame_index, e.fragment, e.new_identity) for e in expected]
+    assert {"type": "source", "frame_index": 0, "what": "opened"} in session.events
+
+
+def test_writer_never_drops(recorded):
+    folder, writer, results = recorded
+    stats = writer.stats
+    assert stats.dropped == 0
+    assert stats.frames_queued == stats.frames_written == N_FRAMES
+    assert stats.rows_written == sum(len(r.blobs) for r in results)
+    assert 1 <= stats.max_queue_depth <= 8
+    assert stats.chunks_written >= 1
+    writer.close()  # idempotent
+    with pytest.raises(SessionError, match="closed"):
+        writer.write_frame(results[0])
+
+
+def test_fragments_and_coexistence(recorded):
+    session = load_session(recorded[0])
+    got = [tuple(x.item() for x in row) for row in session.fragments]
+    assert got == EXPECTED_FRAGMENTS
+    ids = session.fragments["fragment"]
+    pairs = {tuple(p) for p in ids[session.coexisting()]}
+    assert pairs == {(1, 2), (1, 7), (2, 7), (3, 7), (4, 5), (4, 7), (5, 7)}
+    pairs = {tuple(p) for p in ids[session.coexisting(include_crossing=False)]}
+    assert pairs == {(1, 2), (1, 7), (2, 7), (4, 5), (4, 7), (5, 7)}
+
+
+def test_fragment_samples(recorded):
+    session = load_session(recorded[0])
+    samples = session.fragment_samples(10, np.random.default_rng(0))
+    assert sorted(samples) == [1, 2, 4, 5, 7]  # no crossing fragment
+    hist, hu = samples[1]
+    assert hist.shape == (10, BINS) and hu.shape == (10, 7)
+    rows = np.flatnonzero(session.blobs["fragment"] == 1)
+    # every sample is one of fragment 1's rows, without repetition
+    matches = [np.flatnonzero((session.hu()[rows] == h).all(axis=1)) for h in hu]
+    assert all(len(m) == 1 for m in matches) and len({int(m[0]) for m in matches}) == 10
+    assert samples[4][0].shape[0] == 10 and len(session.fragment_samples(500, np.random.default_rng(0))[7][1]) == 300
+
+
+def test_coexisting_pairs_matches_brute_force():
+    rng = np.random.default_rng(3)
+    start = rng.integers(0, 1000, 800)
+    end = start + rng.integers(0, 40, 800)
+    got = {tuple(p) for p in coexisting_pairs(start, end)}
+    i, j = np.triu_indices(800, k=1)
+    overlap = (start[i] <= end[j]) & (start[j] <= end[i])
+    assert got == set(zip(i[overlap].tolist(), j[overlap].tolist()))
+
+
+def test_without_images_and_empty_frames(tmp_path):
+    cfg = RecordingConfig(identification_images=False, flush_interval_s=0.05, queue_frames=100)
+    with open_writer(tmp_path / "s", cfg) as writer:
+        writer.write_frame(make_result(0))
+        empty = FrameResult(1, 0.04, Blobs.empty(BINS, CROP), np.zeros(0, np.int64), np.zeros(0, np.int32),
+                            np.zeros(0, np.float32), np.zeros(0, np.uint8))
+        writer.write_frame(empty)
+    session = load_session(tmp_path / "s")
+    assert session.n_frames == 2 and len(session.blobs) == 3
+    assert session.background is None and not session.has_crop.any()
+    with pytest.raises(SessionError, match="no identification image"):
+        session.crops(np.array([0]))
+
+
+def test_existing_session_is_not_overwritten_by_default(tmp_path):
+    open_writer(tmp_path / "s").close()
+    with pytest.raises(SessionError, match="already holds"):
+        open_writer(tmp_path / "s")
+    with open_writer(tmp_path / "s", overwrite=True) as writer:
+        writer.write_frame(make_result(0))
+    assert load_session(tmp_path / "s").n_frames == 1
+
+
+def _wait_flushed(writer: SessionWriter, frames: int) -> None:
+    while writer.stats.frames_written < frames:
+        time.sleep(0.01)
+
+
+def test_tolerates_truncated_tail(tmp_path):
+    folder = tmp_path / "s"
+    with open_writer(folder) as writer:
+        for f in range(60):
+            writer.write_frame(make_result(f))
+            if f == 29:
+                _wait_flushed(writer, 30)  # so that the session has at least two chunks
+    chunks = sorted((folder / "blobs").glob("chunk_*.npz"))
+    complete = load_session(folder)
+    # a crash leaves: a half-written temp chunk, a damaged last chunk, short crops, a cut event line
+    (folder / "blobs" / "chunk_999998.npz.tmp").write_bytes(b"PK\x03\x04partial")
+    last = chunks[-1].read_bytes()
+    chunks[-1].write_bytes(last[: len(last) // 2])
+    crops = folder / "identification_images.u8"
+    os.truncate(crops, crops.stat().st_size - CROP * CROP * 2 - 5)
+    with open(folder / "events.jsonl", "a") as handle:
+        handle.write('{"type": "ident')
+    session = load_session(folder)
+    kept = len(session.blobs)
+    assert 0 < kept < len(complete.blobs)
+    np.testing.assert_array_equal(session.blobs, complete.blobs[:kept])
+    assert session.events == complete.events
+    assert session.has_crop.all()  # the rows of the dropped chunk held the lost images
+    assert len(session.hu()) == kept
+
+
+def test_short_crop_file_marks_rows_unavailable(tmp_path):
+    folder = tmp_path / "s"
+    with open_writer(folder) as writer:
+        for f in range(10):
+            writer.write_frame(make_result(f))
+    crops = folder / "identification_images.u8"
+    os.truncate(crops, crops.stat().st_size - CROP * CROP * 2)
+    session = load_session(folder)
+    assert session.has_crop.sum() == len(session.blobs) - 2 and not session.has_crop[-2:].any()
+    assert session.crops(np.array([0, 1])).shape == (2, CROP, CROP)
+    with pytest.raises(SessionError, match="no identification image for row"):
+        session.crops(np.array([len(session.blobs) - 1]))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(SessionError) as exc:
+        load_session(tmp_path / "nowhere")
+    assert "not a session folder" in _one_line(exc)
+    with pytest.raises(SessionError) as exc:
+        load_session(tmp_path)
+    assert "missing session.json" in _one_line(exc)
+    folder = tmp_path / "s"
+    open_writer(folder).close()
+    meta = json.loads((folder / "session.json").read_text())
+    (folder / "session.json").write_text(json.dumps({**meta, "format": "toxrt-session-9"}))
+    with pytest.raises(SessionError) as exc:
+        load_session(folder)
+    assert "unknown format version 'toxrt-session-9'" in _one_line(exc)
+    (folder / "session.json").write_text("{not json")
+    with pytest.raises(SessionError) as exc:
+        load_session(folder)
+    assert "session.json" in _one_line(exc)
+    (folder / "session.json").write_text(json.dumps(meta))
+    (folder / "parameters.toml").unlink()
+    with pytest.raises(SessionError) as exc:
+        load_session(folder)
+    assert "missing file parameters.toml" in _one_line(exc)
+
+
+def test_bad_crop_size_is_refused(tmp_path):
+    with open_writer(tmp_path / "s") as writer:
+        result = make_result(0)
+        result.blobs.crop = np.zeros((3, CROP + 1, CROP + 1), np.uint8)
+        with pytest.raises(SessionError, match="identification_image_size"):
+            writer.write_frame(result)
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_recording import make_result, open_writer
+    from toxrt.config import RecordingConfig
+    writer = open_writer(Path({folder!r}), RecordingConfig(flush_interval_s=0.2, queue_frames=50))
+    for frame in range(100000):
+        writer.write_frame(make_result(frame))
+        if frame % 10 == 0:
+            print(frame, writer.stats.frames_written, flush=True)
+        time.sleep(0.005)
+""")
+
+
+def test_kill_minus_nine_leaves_a_loadable_session(tmp_path):
+    """The writer flushes on its timer: frames it reported flushed survive a SIGKILL."""
+    folder = tmp_path / "session_killed"
+    script = CHILD.format(tests=str(Path(__file__).parent), folder=str(folder))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    flushed = queued = 0
+    try:
+        for line in child.stdout:
+            queued, flushed = map(int, line.split())
+            if flushed >= 200:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert flushed >= 200, "the child writer never flushed 200 frames"
+    session = load_session(folder)
+    assert flushed <= session.n_frames <= queued + 10
+    assert session.meta["complete"] is False
+    expected = np.concatenate([blob_records(make_result(f)) for f in range(session.n_frames)])
+    np.testing.assert_array_equal(session.blobs, expected)
+    assert session.has_crop.all()
+    assert len(session.histograms()) == len(session.blobs)

@@ -1,0 +1,215 @@
+"""The ``toxrt`` command: the only module that reads argv.
+
+    toxrt track --load params.toml [--number_of_animals 8] [--linking.max_unmatched_frames 4]
+    toxrt demo [--animals 8] [--frames 600]
+    toxrt simulate OUT_DIR --animals 8 --frames 1500
+    toxrt evaluate SESSION GROUND_TRUTH.csv
+    toxrt refine SESSION
+    toxrt listen [ADDRESS]
+
+Any parameter-file key can be given as a flag with the same name (tables with a dot). User
+mistakes end with one line on stderr and exit code 2; nothing is printed as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import SimConfig, build_config, load_config, merge_dotted, parse_override
+from .errors import ConfigError, ToxrtError
+
+log = logging.getLogger("toxrt")
+
+EXIT_USER_ERROR = 2
+
+
+def _overrides(extra: list[str]) -> dict:
+    """``--key value`` / ``--key=value`` pairs left over by argparse -> {dotted key: value}."""
+    values: dict = {}
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--") or len(token) <= 2:
+            raise ConfigError(f"unexpected argument {token!r}")
+        key, sep, text = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+                raise ConfigError(f"--{key}: missing value")
+            text = extra[i + 1]
+            i += 1
+        values[key.replace("-", "_") if "." not in key else key] = parse_override(key, text)
+        i += 1
+    return values
+
+
+def _print_summary(summary: dict) -> None:
+    from .pipeline import summary_lines
+
+    print("\n".join(summary_lines(summary)))
+
+
+def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
+    from .pipeline import run_session
+
+    config = load_config(args.load, _overrides(extra))
+    summary = run_session(config, progress=not args.quiet, overwrite=args.overwrite)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    import numpy as np
+
+    from .metrics import GroundTruth, evaluate, load_predicted
+    from .pipeline import run_session
+    from .synthetic import SimulatedArena
+
+    values = {
+        "name": "demo",
+        "video_paths": ["sim:demo"],
+        "number_of_animals": args.animals,
+        "intensity_ths": [30, 255],
+        "area_ths": [20, float("inf")],
+        "use_bkg": True,
+        "output_dir": str(Path(args.output_dir).resolve()),
+        "sim": {"frames": args.frames, "seed": args.seed},
+    }
+    for key, value in _overrides(extra).items():
+        merge_dotted(values, key, value)
+    config = build_config(values)
+    summary = run_session(config, progress=not args.quiet, overwrite=True)
+    _print_summary(summary)
+    arena = SimulatedArena(config.sim, config.number_of_animals)
+    truth = GroundTruth(frames=np.arange(arena.n_frames), ids=list(range(1, config.number_of_animals + 1)),
+                        positions=arena.positions, crossing=arena.crossing)
+    predicted, _, _ = load_predicted(Path(summary["session"]))
+    report = evaluate(predicted, truth, arena.body_length_px)
+    print("accuracy against the simulator's ground truth:")
+    print("\n".join(report.summary_lines()))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
+    from .synthetic import write_simulation
+
+    sim = {"frames": args.frames, "seed": args.seed, "width": args.width, "height": args.height,
+           "light_on_dark": args.light_on_dark}
+    for key, value in _overrides(extra).items():
+        sim[key.removeprefix("sim.")] = value
+    config = build_config({"number_of_animals": args.animals, "sim": sim})
+    paths = write_simulation(Path(args.out_dir), config.sim, config.number_of_animals, progress=not args.quiet)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
+    from .metrics import evaluate_session
+
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+    report = evaluate_session(Path(args.session), Path(args.ground_truth), body_length=args.body_length)
+    print("\n".join(report.summary_lines()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def cmd_refine(args: argparse.Namespace, extra: list[str]) -> int:
+    try:
+        from .offline.refine import RefineOptions, refine_session
+    except ImportError as exc:
+        raise ToxrtError(f"the offline stage needs torch: pip install torch==2.13.0 ({exc})") from None
+    fields = {f.name: f for f in dataclasses.fields(RefineOptions)}
+    options = {}
+    for key, value in _overrides(extra).items():
+        if key not in fields:
+            raise ConfigError(f"unknown refine option {key!r}; known: {', '.join(fields)}")
+        options[key] = value
+    summary = refine_session(Path(args.session), RefineOptions(**options), progress=not args.quiet)
+    lines = summary.summary_lines() if hasattr(summary, "summary_lines") else [str(summary)]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
+    from .client import listen
+
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+    listen(args.address, csv_path=args.csv, duration_s=args.duration)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    track = commands.add_parser("track", help="track a recording or live source frame by frame",
+                                description="Any parameter key may follow as --key value (tables as --table.key).")
+    track.add_argument("--load", required=True, help="parameter file (TOML)")
+    track.add_argument("--overwrite", action="store_true", help="replace an existing session folder")
+    track.add_argument("--quiet", action="store_true", help="no progress bar")
+    track.set_defaults(run=cmd_track)
+
+    demo = commands.add_parser("demo", help="the live engine on the built-in simulated arena")
+    demo.add_argument("--animals", type=int, default=8)
+    demo.add_argument("--frames", type=int, default=600)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output-dir", default="demo_output")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(run=cmd_demo)
+
+    simulate = commands.add_parser("simulate", help="write a simulated video and its ground truth")
+    simulate.add_argument("out_dir")
+    simulate.add_argument("--animals", type=int, default=8)
+    simulate.add_argument("--frames", type=int, default=SimConfig.frames)
+    simulate.add_argument("--seed", type=int, default=SimConfig.seed)
+    simulate.add_argument("--width", type=int, default=SimConfig.width)
+    simulate.add_argument("--height", type=int, default=SimConfig.height)
+    simulate.add_argument("--light-on-dark", action="store_true")
+    simulate.add_argument("--quiet", action="store_true")
+    simulate.set_defaults(run=cmd_simulate)
+
+    evaluate = commands.add_parser("evaluate", help="identity accuracy of a session against ground truth")
+    evaluate.add_argument("session", help="session folder or trajectories.npy")
+    evaluate.add_argument("ground_truth", help="CSV with frame,id,x,y")
+    evaluate.add_argument("--body-length", type=float, default=None, help="pixels (default: from the trajectories)")
+    evaluate.add_argument("--json", default=None, help="also write the report as JSON here")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    refine = commands.add_parser("refine", help="offline identity refinement of a recorded session (needs torch)")
+    refine.add_argument("session")
+    refine.add_argument("--quiet", action="store_true")
+    refine.set_defaults(run=cmd_refine)
+
+    listen = commands.add_parser("listen", help="print the live position stream")
+    listen.add_argument("address", nargs="?", default="tcp://127.0.0.1:5556")
+    listen.add_argument("--csv", default=None, help="also write the stream to this CSV file")
+    listen.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    listen.set_defaults(run=cmd_listen)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args, extra)
+    except ToxrtError as exc:
+        print(f"toxrt: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("toxrt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Trajectories from recorded blob rows, written in idtracker.ai's layout.
+
+``trajectories/<name>.npy`` is a dict saved with ``np.save`` (load it with
+``np.load(path, allow_pickle=True).item()``), with idtracker.ai's keys:
+
+    trajectories       float64 (frames, N, 2)  x, y in pixels, NaN where the animal is missing
+    id_probabilities   float64 (frames, N, 1)  probability of the identity, NaN where missing
+    version            str     toxrt's version
+    video_paths        list[str]
+    frames_per_second  float
+    body_length        float   pixels
+    width, height      int     pixels
+    identities_labels  list[str]  "1".."N"
+    setup_points       dict    {} (toxrt defines no setup points)
+    length_unit        None    as in idtracker.ai: pixels per real length unit, set only by a length
+                               calibration; toxrt has none, so positions stay in pixels
+    fraction_identified float  fraction of (frame, animal) cells with a position
+
+and toxrt's own keys: ``status`` int8 (frames, N) (-1 missing, else types.Status) and ``source``
+("toxrt-live" or "toxrt-refined"). ``trajectorytools.Trajectories.from_idtrackerai`` loads the npy,
+the h5 and the csv folder.
+
+The csv folder ``<name>_csv/`` holds ``trajectories.csv`` (header ``time,x1,y1,...``),
+``id_probabilities.csv`` (``time,id1,...``) and ``attributes.json`` (the scalar keys), like
+idtracker.ai's. Missing values are written ``nan``: readers that use ``np.loadtxt`` (trajectorytools
+does) reject empty fields.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .types import Status
+
+log = logging.getLogger(__name__)
+
+MISSING = -1  # status of a (frame, animal) cell without a position
+
+
+def _identity_lookup(fragments: np.ndarray, fragment_identity: dict[int, tuple[int, float]]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised dict lookup: identity (0 when unknown) and probability of each row's fragment."""
+    if not fragment_identity:
+        return np.zeros(fragments.size, np.int64), np.zeros(fragments.size)
+    keys = np.fromiter(fragment_identity.keys(), np.int64, len(fragment_identity))
+    values = np.array(list(fragment_identity.values()), dtype=np.float64).reshape(-1, 2)
+    order = np.argsort(keys)
+    keys, values = keys[order], values[order]
+    pos = np.clip(np.searchsorted(keys, fragments), 0, keys.size - 1)
+    found = keys[pos] == fragments
+    identity = np.where(found, values[pos, 0], 0).astype(np.int64)
+    probability = np.where(found, values[pos, 1], 0.0)
+    return identity, probability
+
+
+def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distances (k,) of points (k, 2) to the segment from a to b (each (2,))."""
+    ab = b - a
+    length2 = float(ab @ ab)
+    t = np.zeros(len(points)) if length2 == 0 else np.clip((points - a) @ ab / length2, 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
+
+
+def assemble_trajectories(
+    blobs: np.ndarray,
+    fragment_identity: dict[int, tuple[int, float]],
+    n_frames: int,
+    number_of_animals: int,
+    max_crossing_gap: int,
+    max_crossing_distance_px: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions per frame and identity from blob rows and the identities of their fragments.
+
+    blobs: BLOB_RECORD_DTYPE rows. fragment_identity: fragment id -> (identity 1..N, probability).
+    Individual (non-crossing) blobs of identified fragments give the positions, with the row's own
+    status and the fragment's probability. When two rows claim one (frame, identity), the more
+    probable wins. Then, per identity, a gap of at most ``max_crossing_gap`` frames between two
+    known positions is filled, frame by frame, with the centroid of the crossing blob nearest to the
+    segment joining the positions before and after the gap (status CROSSING, probability the
+    smaller of the two sides'). A crossing blob farther from that segment than
+    ``max_crossing_distance_px`` (default: twice the square root of the blob's area, about its
+    length) cannot hold the animal, and the frame stays missing.
+
+    Returns trajectories float64 (n_frames, N, 2) NaN where missing, id_probabilities float64
+    (n_frames, N, 1) NaN where missing, status int8 (n_frames, N) -1 where missing.
+    """
+    n = number_of_animals
+    trajectories = np.full((n_frames, n, 2), np.nan)
+    probabilities = np.full((n_frames, n), np.nan)
+    status = np.full((n_frames, n), MISSING, np.int8)
+
+    identity, probability = _identity_lookup(blobs["fragment"], fragment_identity)
+    use = (~blobs["is_crossing"] & (identity >= 1) & (identity <= n)
+           & (blobs["frame"] >= 0) & (blobs["frame"] < n_frames))
+    rows = np.flatnonzero(use)
+    cell = blobs["frame"][rows] * n + identity[rows] - 1
+    order = np.lexsort((probability[rows], cell))  # by cell, the most probable last
+    rows, cell = rows[order], cell[order]
+    last = np.r_[cell[1:] != cell[:-1], True]
+    if (~last).sum():
+        log.warning("%d rows lost a (frame, identity) conflict to a more probable row", int((~last).sum()))
+    rows, cell = rows[last], cell[last]
+    frame, animal = np.divmod(cell, n) if n else (cell, cell)
+    trajectories[frame, animal, 0] = blobs["x"][rows]
+    trajectories[frame, animal, 1] = blobs["y"][rows]
+    probabilities[frame, animal] = probability[rows]
+    status[frame, animal] = blobs["status"][rows]
+
+    _fill_crossing_gaps(blobs, trajectories, probabilities, status, max_crossing_gap, max_crossing_distance_px)
+    return trajectories, probabilities[:, :, None], status
+
+
+def _fill_crossing_gaps(blobs: np.ndarray, trajectories: np.ndarray, probabilities: np.ndarray,
+                        status: np.ndarray, max_gap: int, max_distance_px: float | None) -> None:
+    """Fill short gaps with crossing-blob centroids, in place (see assemble_trajectories)."""
+    n_frames = trajectories.shape[0]
+    crossing = blobs[blobs["is_crossing"] & (blobs["frame"] >= 0) & (blobs["frame"] < n_frames)]
+    if max_gap <= 0 or crossing.size == 0:
+        return
+    crossing = crossing[np.argsort(crossing["frame"], kind="stable")]
+    first_row = np.searchsorted(crossing["frame"], np.arange(n_frames + 1))  # rows of frame f: [f], [f+1]
+    centroids = np.stack([crossing["x"], crossing["y"]], axis=1)
+    reach = (np.full(crossing.size, max_distance_px) if max_distance_px is not None
+             else 2.0 * np.sqrt(crossing["area"].astype(np.float64)))
+    filled = 0
+    for animal in range(trajectories.shape[1]):
+        known = ~np.isnan(trajectories[:, animal, 0])
+        step = np.diff(known.astype(np.int8))
+        gap_start = np.flatnonzero(step == -1) + 1  # first missing frame after a known one
+        gap_end = np.flatnonzero(step == 1) + 1  # first known frame after a missing one
+        if gap_start.size == 0 or gap_end.size == 0:
+            continue
+        gap_end = gap_end[np.searchsorted(gap_end, gap_start[0]):]  # drop a leading gap
+        gap_start = gap_start[:gap_end.size]  # drop a trailing gap
+        for start, end in zip(gap_start, gap_end):
+            if end - start > max_gap:
+                continue
+            before, after = trajectories[start - 1, animal], trajectories[end, animal]
+            p = min(probabilities[start - 1, animal], probabilities[end, animal])
+            for f in range(start, end):
+                a, b = first_row[f], first_row[f + 1]
+                if a == b:
+                    continue
+                distance = _segment_distance(centroids[a:b], before, after)
+                best = int(np.argmin(distance))
+                if distance[best] > reach[a + best]:
+                    continue
+                trajectories[f, animal] = centroids[a + best]
+                probabilities[f, animal] = p
+                status[f, animal] = Status.CROSSING
+                filled += 1
+    log.debug("filled %d (frame, animal) cells from crossing blobs", filled)
+
+
+def trajectories_dict(trajectories: np.ndarray, id_probabilities: np.ndarray, status: np.ndarray,
+                      meta: dict) -> dict[str, Any]:
+    """The npy dict: idtracker.ai's keys from ``meta`` (with defaults) plus toxrt's.
+
+    meta keys read: video_paths, frames_per_second, body_length (or body_length_px), width, height,
+    identities_labels, setup_points, length_unit, source.
+    """
+    n = trajectories.shape[1]
+    known = ~np.isnan(trajectories[..., 0])
+    return {
+        "trajectories": np.asarray(trajectories, np.float64),
+        "id_probabilities": np.asarray(id_probabilities, np.float64),
+        "version": str(meta.get("version", __version__)),
+        "video_paths": [str(p) for p in meta.get("video_paths", [])],
+        "frames_per_second": float(meta.get("frames_per_second", 0.0)),
+        "body_length": float(meta.get("body_length", meta.get("body_length_px", math.nan))),
+        "width": int(meta.get("width", 0)),
+        "height": int(meta.get("height", 0)),
+        "identities_labels": [str(x) for x in meta.get("identities_labels", range(1, n + 1))],
+        "setup_points": dict(meta.get("setup_points", {})),
+        "length_unit": meta.get("length_unit"),
+        "fraction_identified": float(known.mean()) if known.size else math.nan,
+        "status": np.asarray(status, np.int8),
+        "source": str(meta.get("source", "toxrt-live")),
+    }
+
+
+def write_trajectories(trajectories_dir: Path, trajectories: np.ndarray, id_probabilities: np.ndarray,
+                       status: np.ndarray, meta: dict, formats: list[str],
+                       filename: str = "trajectories") -> list[Path]:
+    """Write ``<filename>.npy`` always, ``<filename>_csv/`` for "csv", ``<filename>.h5`` for "h5".
+
+    Shapes as returned by assemble_trajectories; meta as read by trajectories_dict. Each file is
+    written to a temporary name and renamed. Returns the paths written.
+    """
+    folder = Path(trajectories_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = trajectories_dict(trajectories, id_probabilities, status, meta)
+    written = [_write_npy(folder / f"{filename}.npy", data)]
+    if "csv" in formats:
+        written.append(_write_csv(folder / f"{filename}_csv", data))
+    if "h5" in formats:
+        written.append(_write_h5(folder / f"{filename}.h5", data))
+    log.info("trajectories written: %s", ", ".join(str(p) for p in written))
+    return written
+
+
+def _write_npy(path: Path, data: dict) -> Path:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, data, allow_pickle=True)
+    os.replace(tmp, path)
+    return path
+
+
+def _attributes(data: dict) -> dict:
+    return {k: v for k, v in data.items() if not isinstance(v, np.ndarray)}
+
+
+def _write_csv(folder: Path, data: dict) -> Path:
+    folder.mkdir(exist_ok=True)
+    trajectories, probabilities = data["trajectories"], data["id_probabilities"][..., 0]
+    n_frames, n = trajectories.shape[:2]
+    fps = data["frames_per_second"]
+    time_s = np.arange(n_frames) / fps if fps > 0 else np.arange(n_frames, dtype=np.float64)
+    header = "time," + ",".join(f"x{k},y{k}" for k in range(1, n + 1))
+    table = np.column_stack([time_s, trajectories.reshape(n_frames, 2 * n)])
+    _savetxt(folder / "trajectories.csv", table, header, ["%.6f"] + ["%.3f"] * (2 * n))
+    header = "time," + ",".join(f"id{k}" for k in range(1, n + 1))
+    table = np.column_stack([time_s, probabilities])
+    _savetxt(folder / "id_probabilities.csv", table, header, ["%.6f"] + ["%.4f"] * n)
+    text = json.dumps(_attributes(data), indent=1)
+    (folder / "attributes.json.tmp").write_text(text)
+    os.replace(folder / "attributes.json.tmp", folder / "attributes.json")
+    return folder
+
+
+def _savetxt(path: Path, table: np.ndarray, header: str, fmt: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=header, comments="")
+    os.replace(tmp, path)
+
+
+def _write_h5(path: Path, data: dict) -> Path:
+    """Arrays as datasets, scalars and string lists as attributes, setup_points as a group."""
+    import h5py  # only needed for this format
+
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as file:
+        for key, value in data.items():
+            if isinstance(value, np.ndarray):
+                file.create_dataset(key, data=value)
+            elif isinstance(value, dict):
+                group = file.create_group(key)
+                for name, points in value.items():
+                    group.create_dataset(name, data=np.asarray(points))
+            elif value is None:
+                continue  # h5 attributes cannot hold None: a missing key means None
+            elif isinstance(value, list):
+                file.attrs[key] = np.array(value, dtype=h5py.string_dtype())
+            else:
+                file.attrs[key] = value
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,317 @@
+"""Frame sources: video files, image sequences and the simulated arena.
+
+Every source follows :class:`FrameSource`: it knows its size and frame rate, iterates grey
+:class:`~toxrt.types.Frame` objects with 0-based indices, and is closed when done. Live sources
+(cameras, network streams, real-time replay) live in ``live_source.py`` and follow the same protocol,
+so the pipeline never needs to know where frames come from.
+
+File decoding runs in a reader thread a few frames ahead of the tracker: OpenCV releases the GIL
+while decoding, so on two cores tracking costs little beyond the decoding itself.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import queue
+import re
+import threading
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from .config import Config
+from .errors import SourceError
+from .types import Frame
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class FrameSource(Protocol):
+    fps: float
+    width: int
+    height: int
+    n_frames: int | None  # None for endless live sources
+    description: str
+    stopped_early_at: int | None  # the frame index at which a file broke off, if it did
+
+    def __iter__(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[:, :, 0]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+
+
+def _is_image_sequence(path: str) -> bool:
+    return "%" in path or os.path.isdir(path) or any(ch in path for ch in "*?")
+
+
+def _expand_sequence(path: str) -> list[str]:
+    """The image files of a folder, a glob, or a printf pattern such as frames/frame_%06d.png."""
+    if os.path.isdir(path):
+        files = [f for f in sorted(glob.glob(os.path.join(glob.escape(path), "*"))) if f.lower().endswith(IMAGE_SUFFIXES)]
+    elif "%" in path:
+        pattern = re.sub(r"%0?\d*d", "*", glob.escape(path).replace("[%]", "%"))
+        files = sorted(glob.glob(pattern))
+    else:
+        files = sorted(glob.glob(path))
+    return files
+
+
+class _VideoReader:
+    """One video file or image sequence, opened to check it and read lazily."""
+
+    def __init__(self, path: str, key: str):
+        self.path, self.key = path, key
+        if _is_image_sequence(path):
+            self.files = _expand_sequence(path)
+            if not self.files:
+                raise SourceError(f"{key}: {path}: no images found")
+            first = cv2.imread(self.files[0], cv2.IMREAD_GRAYSCALE)
+            if first is None:
+                raise SourceError(f"{key}: {self.files[0]}: cannot be read as an image")
+            self.height, self.width = first.shape
+            self.n_frames = len(self.files)
+            self.fps = 0.0
+            return
+        self.files = []
+        if not os.path.exists(path):
+            raise SourceError(f"{key}: {path}: file not found")
+        if not os.access(path, os.R_OK):
+            raise SourceError(f"{key}: {path}: file is not readable")
+        capture = cv2.VideoCapture(path)
+        try:
+            if not capture.isOpened():
+                raise SourceError(f"{key}: {path}: cannot be opened as a video")
+            ok, image = capture.read()
+            if not ok or image is None:
+                raise SourceError(f"{key}: {path}: no frame could be read (corrupt or empty video)")
+            self.height, self.width = image.shape[:2]
+            self.n_frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+            self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        finally:
+            capture.release()
+
+    def read(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Grey images of frames [start, stop); ends early where the file breaks off."""
+        if self.files:
+            for name in self.files[start:stop]:
+                image = cv2.imread(name, cv2.IMREAD_GRAYSCALE)
+                if image is None:
+                    log.warning("%s: cannot be read; the sequence stops here", name)
+                    return
+                yield image
+            return
+        capture = cv2.VideoCapture(self.path)
+        try:
+            if start:
+                capture.set(cv2.CAP_PROP_POS_FRAMES, start)
+            index = start
+            while stop is None or index < stop:
+                ok, image = capture.read()
+                if not ok:
+                    return
+                yield to_grey(image)
+                index += 1
+        finally:
+            capture.release()
+
+    def read_one(self, index: int) -> np.ndarray | None:
+        return next(iter(self.read(index, index + 1)), None)
+
+
+class VideoSource:
+    """Video files or image sequences, one after another, with frame indices running on across them.
+
+    ``intervals`` restricts tracking to [start, end) frame ranges (idtracker.ai's tracking_intervals);
+    frames outside them are skipped by seeking, and keep their original indices.
+    """
+
+    def __init__(self, paths: Sequence[str], fps: float = 0.0, intervals: Sequence[Sequence[int]] = (), prefetch: int = 8):
+        if not paths:
+            raise SourceError("video_paths: no video given")
+        self.readers = [_VideoReader(p, f"video_paths[{i}]") for i, p in enumerate(paths)]
+        sizes = {(r.width, r.height) for r in self.readers}
+        if len(sizes) > 1:
+            raise SourceError(f"video_paths: the videos differ in size {sorted(sizes)}")
+        self.width, self.height = self.readers[0].width, self.readers[0].height
+        self.fps = fps or self.readers[0].fps or 25.0
+        if not (fps or self.readers[0].fps):
+            log.warning("frame rate unknown for %s; assuming 25 fps (set frames_per_second)", paths[0])
+        counts = [r.n_frames for r in self.readers]
+        self.total_frames = sum(counts) if all(counts) else None
+        self.intervals = [tuple(map(int, iv)) for iv in intervals]
+        self.n_frames = self._count_tracked()
+        self.description = ", ".join(paths)
+        self.prefetch = prefetch
+        self.stopped_early_at: int | None = None
+        self._stop = threading.Event()
+
+    def _count_tracked(self) -> int | None:
+        if not self.intervals:
+            return self.total_frames
+        if self.total_frames is None:
+            return None
+        return sum(max(0, min(e, self.total_frames) - s) for s, e in self.intervals)
+
+    def _ranges(self) -> list[tuple[int, int | None]]:
+        return [(s, e) for s, e in self.intervals] if self.intervals else [(0, None)]
+
+    def _frames(self) -> Iterator[Frame]:
+        offsets = np.cumsum([0] + [r.n_frames or 0 for r in self.readers])
+        for start, stop in self._ranges():
+            for reader, offset in zip(self.readers, offsets):
+                local_start = max(0, start - offset)
+                local_stop = None if stop is None else stop - offset
+                if reader.n_frames and local_start >= reader.n_frames or (local_stop is not None and local_stop <= 0):
+                    continue
+                index = offset + local_start
+                for image in reader.read(local_start, local_stop):
+                    if self._stop.is_set():
+                        return
+                    yield Frame(int(index), index / self.fps, image)
+                    index += 1
+                expected = reader.n_frames if local_stop is None else min(local_stop, reader.n_frames or local_stop)
+                if reader.n_frames and index - offset < expected:
+                    self.stopped_early_at = int(index)
+                    log.warning("%s broke off at frame %d of %d", reader.path, index - offset, reader.n_frames)
+                    return
+
+    def __iter__(self) -> Iterator[Frame]:
+        return prefetched(self._frames(), self.prefetch, self._stop)
+
+    def sample(self, count: int) -> list[np.ndarray]:
+        """About ``count`` grey frames spread evenly over the tracked range (for the background model)."""
+        total = self.total_frames or 1000
+        ranges = [(s, min(e, total)) for s, e in self._ranges()] if self.intervals else [(0, total)]
+        span = sum(e - s for s, e in ranges)
+        wanted = np.linspace(0, span - 1, num=min(count, span)).astype(int)
+        samples = []
+        for position in wanted:
+            for s, e in ranges:
+                if position < e - s:
+                    image = self._read_global(s + position)
+                    if image is not None:
+                        samples.append(image)
+                    break
+                position -= e - s
+        return samples
+
+    def _read_global(self, index: int) -> np.ndarray | None:
+        for reader in self.readers:
+            if reader.n_frames is None or index < reader.n_frames:
+                return reader.read_one(index)
+            index -= reader.n_frames
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+_END = object()
+
+
+def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event) -> Iterator[Frame]:
+    """Run ``frames`` in a reader thread, ``depth`` frames ahead; exceptions are re-raised here."""
+    if depth <= 0:
+        yield from frames
+        return
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+
+    def reader() -> None:
+        try:
+            for frame in frames:
+                while not stop.is_set():
+                    try:
+                        buffer.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+            buffer.put(_END)
+        except BaseException as exc:  # handed over to the consumer thread
+            buffer.put(exc)
+
+    thread = threading.Thread(target=reader, name="toxrt-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=2.0)
+
+
+class SimulatedSource:
+    """The built-in simulated arena as a source; its ground truth stays available on ``arena``."""
+
+    def __init__(self, config: Config):
+        from .synthetic import SimulatedArena
+
+        self.arena = SimulatedArena(config.sim, config.number_of_animals)
+        self.width, self.height = self.arena.width, self.arena.height
+        self.fps = config.frames_per_second or self.arena.fps
+        self.n_frames = self.arena.n_frames
+        self.description = f"simulated arena ({config.number_of_animals} animals, {self.width}x{self.height})"
+        self.stopped_early_at = None
+
+    def __iter__(self) -> Iterator[Frame]:
+        for index, image in self.arena.frames():
+            yield Frame(index, index / self.fps, image)
+
+    def sample(self, count: int) -> list[np.ndarray]:
+        images = []
+        step = max(1, self.n_frames // max(count, 1))
+        for index, image in self.arena.frames():
+            if index % step == 0:
+                images.append(image)
+            if len(images) >= count:
+                break
+        return images
+
+    def close(self) -> None:
+        pass
+
+
+def open_source(config: Config) -> FrameSource:
+    """The source named by ``config.video_paths``: ``sim:`` for the simulated arena, else files."""
+    paths = config.video_paths
+    if not paths:
+        raise SourceError("video_paths: no video given (set video_paths in the parameter file or with --video_paths)")
+    if config.is_simulated:
+        if config.number_of_animals < 1:
+            raise SourceError("number_of_animals: the simulated arena needs at least one animal")
+        return SimulatedSource(config)
+    live = [p for p in paths if p.startswith("camera:") or "://" in p]
+    if live:
+        from .live_source import open_live_source  # cameras and streams, with their grabbing thread
+
+        return open_live_source(config)
+    return VideoSource(paths, config.frames_per_second, config.tracking_intervals)
+
+
+def video_name(config: Config) -> str:
+    """The session name: ``name`` if given, else the first video's file name without suffix."""
+    if config.name:
+        return config.name
+    first = config.video_paths[0] if config.video_paths else "session"
+    if first.startswith("sim:"):
+        return first[4:] or "simulated"
+    stem = Path(first.rstrip("/")).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.replace("%", "")) or "session"
