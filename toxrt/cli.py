@@ -72,15 +72,15 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
         "name": "demo",
         "video_paths": ["sim:demo"],
         "number_of_animals": args.animals,
-        "intensity_ths": [30, 255],
-        "area_ths": [20, float("inf")],
-        "use_bkg": True,
         "output_dir": str(Path(args.output_dir).resolve()),
         "sim": {"frames": args.frames, "seed": args.seed},
     }
     for key, value in _overrides(extra).items():
         merge_dotted(values, key, value)
     config = build_config(values)
+    # Thresholds that suit the arena's rendering, unless given as flags.
+    suited = SimulatedArena(config.sim, config.number_of_animals).tracking_parameters()
+    config = build_config({**suited, **values})
     summary = run_session(config, progress=not args.quiet, overwrite=True)
     _print_summary(summary)
     arena = SimulatedArena(config.sim, config.number_of_animals)

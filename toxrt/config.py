@@ -83,7 +83,6 @@ class IdentityConfig:
 
 @dataclass(frozen=True)
 class RecordingConfig:
-    enabled: bool = _opt(True)
     identification_images: bool = _opt(True)
     flush_interval_s: float = _opt(0.5, lambda v: 0 < v <= 1.0, "in (0, 1]")
     queue_frames: int = _opt(4000, _positive, "positive")

@@ -103,7 +103,7 @@ def assemble_trajectories(
     cell = blobs["frame"][rows] * n + identity[rows] - 1
     order = np.lexsort((probability[rows], cell))  # by cell, the most probable last
     rows, cell = rows[order], cell[order]
-    last = np.r_[cell[1:] != cell[:-1], True]
+    last = np.r_[cell[1:] != cell[:-1], True][:cell.size]
     if (~last).sum():
         log.warning("%d rows lost a (frame, identity) conflict to a more probable row", int((~last).sum()))
     rows, cell = rows[last], cell[last]

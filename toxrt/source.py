@@ -276,14 +276,8 @@ class SimulatedSource:
             yield Frame(index, index / self.fps, image)
 
     def sample(self, count: int) -> list[np.ndarray]:
-        images = []
-        step = max(1, self.n_frames // max(count, 1))
-        for index, image in self.arena.frames():
-            if index % step == 0:
-                images.append(image)
-            if len(images) >= count:
-                break
-        return images
+        wanted = np.linspace(0, self.n_frames - 1, num=min(count, self.n_frames)).astype(int)
+        return [self.arena.frame(int(i)) for i in wanted]
 
     def close(self) -> None:
         pass

@@ -216,7 +216,8 @@ class SimulatedArena:
         rng_look, rng_motion, rng_light, rng_noise = (np.random.default_rng(s) for s in seeds)
         self.appearance = draw_appearance(rng_look, self.number_of_animals, self.body_length_px, cfg.appearance_spread)
         margin = np.ceil(self.appearance.extent) + 1.0
-        if np.any(2 * margin + 2 >= min(self.width, self.height)):
+        # Leave each animal at least one body length to move in, across the narrower side.
+        if np.any(2 * margin + self.body_length_px > min(self.width, self.height)):
             raise ConfigError(f"sim.body_length_px: {cfg.body_length_px!r} is too large for a "
                               f"{self.width}x{self.height} arena")
         self.positions, self.headings = simulate_motion(
