@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def recorded(tmp_path_factory) -> tuple[Path, SessionWriter, list[FrameResult]]:
     with open_writer(folder, background=background) as writer:
         for result in results:
             writer.write_frame(result)
+            writer.write_events(result.events)  # IdentityEvents are accepted as they are
         writer.write_events([{"type": "source", "frame_index": 0, "what": "opened"}])
         writer.update_meta(frames_tracked=N_FRAMES, stop_frame=N_FRAMES - 1)
     return folder, writer, results
@@ -285,12 +287,18 @@ def test_load_errors(tmp_path):
     assert "missing file parameters.toml" in _one_line(exc)
 
 
-def test_bad_crop_size_is_refused(tmp_path):
+def test_bad_input_fails_in_the_caller(tmp_path):
     with open_writer(tmp_path / "s") as writer:
         result = make_result(0)
         result.blobs.crop = np.zeros((3, CROP + 1, CROP + 1), np.uint8)
         with pytest.raises(SessionError, match="identification_image_size"):
             writer.write_frame(result)
+        with pytest.raises(SessionError, match="cannot be written as JSON"):
+            writer.write_events([{"type": "x", "what": object()}])
+        with pytest.raises(SessionError, match="cannot be written as JSON"):
+            writer.update_meta(bad={1, 2})
+        writer.write_events([{"type": "x", "n": np.int64(3), "p": np.float32(0.5)}])
+    assert load_session(tmp_path / "s").events == [{"type": "x", "n": 3, "p": 0.5}]
 
 
 CHILD = textwrap.dedent("""
@@ -331,3 +339,15 @@ def test_kill_minus_nine_leaves_a_loadable_session(tmp_path):
     np.testing.assert_array_equal(session.blobs, expected)
     assert session.has_crop.all()
     assert len(session.histograms()) == len(session.blobs)
+
+
+def test_writer_failure_reaches_the_caller(tmp_path):
+    writer = open_writer(tmp_path / "s")
+    shutil.rmtree(tmp_path / "s")  # the next chunk cannot be written
+    with pytest.raises(SessionError, match="session writer failed"):
+        for frame in range(100000):  # ends as soon as the writer thread has failed
+            writer.write_frame(make_result(frame))
+            time.sleep(0.002)
+    with pytest.raises(SessionError, match="session writer failed"):
+        writer.close()
+    writer.close()  # idempotent after a failure too

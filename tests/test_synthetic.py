@@ -21,9 +21,10 @@ def _animal_pixels(arena: SimulatedArena, image: np.ndarray) -> np.ndarray:
     return image != np.uint8(arena.ground_level)
 
 
-def _grow(mask: np.ndarray) -> np.ndarray:
-    """The mask grown by one pixel in all 8 directions."""
-    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """The mask grown by ``pixels`` in all 8 directions (a square structuring element)."""
+    side = 2 * pixels + 1
+    return cv2.dilate(mask.astype(np.uint8), np.ones((side, side), np.uint8)).astype(bool)
 
 
 def test_same_seed_gives_same_truth_and_frames():
@@ -119,14 +120,19 @@ def test_isolated_animal_centroid_matches_truth():
     assert checked > 20
 
 
-def test_crossing_flags_match_rendered_masks():
-    arena = SimulatedArena(CLEAN, 4)
+@pytest.mark.parametrize("blur_sigma, touch_distance", [(0.0, 1), (0.7, 2), (1.6, 3)])
+def test_crossing_flags_match_rendered_masks(blur_sigma, touch_distance):
+    arena = SimulatedArena(dataclasses.replace(CLEAN, blur_sigma=blur_sigma), 4)
+    assert arena.touch_distance_px == touch_distance
+    # Body masks from the unblurred twin arena: same seed, so the same animals and paths.
+    clean = SimulatedArena(CLEAN, 4)
+    np.testing.assert_array_equal(clean.positions, arena.positions)
     n = arena.number_of_animals
     for f in range(CLEAN.frames):
-        masks = [_animal_pixels(arena, arena.render(arena.positions[f, [i]], arena.headings[f, [i]], animals=[i]))
+        masks = [_animal_pixels(clean, clean.render(clean.positions[f, [i]], clean.headings[f, [i]], animals=[i]))
                  for i in range(n)]
         for i in range(n):
-            grown = _grow(masks[i])
+            grown = _grow(masks[i], touch_distance)
             touches = any((grown & masks[j]).any() for j in range(n) if j != i)
             assert arena.crossing[f, i] == touches, (f, i)
     # The test only means something if both cases occur.

@@ -74,6 +74,13 @@ def event_to_dict(event: IdentityEvent | dict) -> dict:
     raise TypeError(f"an event must be a dict or an IdentityEvent, got {type(event).__name__}")
 
 
+def _json_line(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, default=_json_default) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise SessionError(f"{what} {value!r:.80} cannot be written as JSON: {exc}") from None
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -99,8 +106,8 @@ class WriterStats:
 class _Pending:
     """What the writer thread holds between two flushes."""
 
-    frames: list = dataclasses.field(default_factory=list)  # (index, time_s, Blobs, fragment, identity, prob, status)
-    events: list = dataclasses.field(default_factory=list)
+    frames: list = dataclasses.field(default_factory=list)  # FrameResults, in frame order
+    events: list = dataclasses.field(default_factory=list)  # JSON lines
     meta_dirty: bool = False
 
 
@@ -109,8 +116,9 @@ class SessionWriter:
 
     ``write_frame`` only puts a reference to the result on a queue; a background thread turns the
     buffered frames into one chunk per flush. Contract: the caller must not mutate the arrays of a
-    FrameResult (blob arrays, fragment, identity, probability, status, events) after passing it;
-    the writer reads them later, from its own thread, without copying.
+    FrameResult (blob arrays, fragment, identity, probability, status) after passing it, nor the
+    event dicts; the writer reads them later, from its own thread, without copying.
+    Frames must come in increasing frame_index order.
     If the queue is full the caller waits (counted in ``stats.stalls``): no frame is ever dropped.
     Use as a context manager, or call ``close()``: frames after the last flush are lost otherwise.
     """
@@ -174,6 +182,7 @@ class SessionWriter:
             for name in _RECORDING_FILES:
                 (folder / name).unlink(missing_ok=True)
             shutil.rmtree(folder / BLOBS_DIR, ignore_errors=True)
+            shutil.rmtree(folder / "trajectories", ignore_errors=True)  # stale results of the old run
         try:
             (folder / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -182,9 +191,9 @@ class SessionWriter:
     # ---- caller side: each call returns in microseconds unless the queue is full ----
 
     def write_frame(self, result: FrameResult) -> None:
-        """Queue one frame's blobs (and its ``result.events``) for recording.
+        """Queue one frame's blobs for recording (a reference only: no copy, no disk access).
 
-        ``result.events`` are recorded with the frame: do not pass them to write_events again.
+        ``result.events`` are *not* recorded here: pass them to ``write_events``.
         """
         blobs = result.blobs
         if self.cfg.identification_images and blobs.crop.shape[1:] != (self._crop_size, self._crop_size):
@@ -195,13 +204,17 @@ class SessionWriter:
         self.stats.frames_queued += 1
 
     def write_events(self, events: Iterable[dict | IdentityEvent]) -> None:
-        """Queue events (JSON-able dicts or IdentityEvents) for events.jsonl."""
-        events = [event_to_dict(e) for e in events]
-        if events:
-            self._put(("events", events))
+        """Queue events (JSON-able dicts or IdentityEvents) for events.jsonl.
+
+        Events are few, so they are serialised here: a bad event fails in the caller, not later.
+        """
+        lines = [_json_line(event_to_dict(e), "event") for e in events]
+        if lines:
+            self._put(("events", lines))
 
     def update_meta(self, **fields: Any) -> None:
         """Merge JSON-able fields into session.json (written at the next flush)."""
+        _json_line(fields, "session metadata")
         self._put(("meta", fields))
 
     def _put(self, item: Any) -> None:
@@ -279,7 +292,6 @@ class SessionWriter:
                     kind, payload = item
                     if kind == "frame":
                         pending.frames.append(payload)
-                        pending.events.extend(event_to_dict(e) for e in payload.events)
                     elif kind == "events":
                         pending.events.extend(payload)
                     else:
@@ -294,12 +306,11 @@ class SessionWriter:
             self._error = exc
 
     def _flush(self, pending: _Pending) -> None:
-        """Crops, then events, then the chunk (atomic), then session.json."""
+        """The chunk (its crops appended first, the chunk renamed last), events, session.json."""
         if pending.frames:
             self._write_chunk(pending.frames)
         if pending.events:
-            text = "".join(json.dumps(e, default=_json_default) + "\n" for e in pending.events)
-            self._events_handle.write(text)
+            self._events_handle.write("".join(pending.events))
             self._events_handle.flush()
             self.stats.events_written += len(pending.events)
         if pending.meta_dirty or pending.frames:
@@ -351,7 +362,9 @@ class Session:
     fragments  FRAGMENT_RECORD_DTYPE (fragments,), sorted by fragment id, derived from the rows
     events     list of dicts from events.jsonl
     n_frames   last recorded frame index + 1 (frames without blobs count)
-    has_crop   bool (rows,): the row's identification image is on disk
+    has_crop   bool (rows,): the row's identification image is on disk (see crops)
+    crop_index int64 (rows,): the row's image in identification_images.u8, -1 when none
+    crop_size  s, the side of the identification images in pixels
     """
 
     def __init__(self, session_dir: Path, meta: dict, parameters: dict, background: np.ndarray | None,

@@ -19,22 +19,19 @@ import ast
 import logging
 import math
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from .config import BACKGROUND_STATS, Config
 from .errors import ConfigError, SourceError
 from .features import blob_features, blob_shapes
 from .types import Blobs
 
-if TYPE_CHECKING:
-    from .config import Config
-
 logger = logging.getLogger(__name__)
 
-BACKGROUND_STATS = ("median", "mean", "max", "min")
 _MEDIAN_BLOCK_ROWS = 64  # rows per block for the median: keeps the temporary stack small
 
 
@@ -83,35 +80,38 @@ def compute_background(frames: Iterable[np.ndarray], stat: str) -> np.ndarray:
 
 
 _ROI_PATTERN = re.compile(r"^\s*([+-])\s*(Polygon|Ellipse|Rectangle)\s*(.+?)\s*$", re.DOTALL)
+_ROI_SHIFT = 4  # fractional bits of the fixed-point vertices given to cv2.fillPoly
+_ELLIPSE_VERTICES = 180
 
 
 def _roi_shape_vertices(kind: str, data: object) -> np.ndarray:
-    """int32 (k, 2) polygon vertices of one ROI shape; raises ValueError/TypeError/KeyError."""
+    """float64 (k, 2) x, y polygon vertices of one ROI shape; raises ValueError/TypeError/KeyError."""
     if kind == "Ellipse":
         if not isinstance(data, dict):
             raise TypeError("expected {'center': [x, y], 'axes': [a, b], 'angle': deg}")
         cx, cy = (float(v) for v in data["center"])
         a, b = (float(v) for v in data["axes"])  # semi-axes, as cv2.ellipse
-        angle = float(data.get("angle", 0.0))
         if a < 0 or b < 0:
             raise ValueError("negative axes")
-        # ellipse2Poly takes integer centre and axes; draw at 16x resolution then scale back.
-        poly = cv2.ellipse2Poly((round(cx * 16), round(cy * 16)), (round(a * 16), round(b * 16)),
-                                round(angle), 0, 360, 2)
-        return np.round(poly / 16.0).astype(np.int32)
-    points = np.asarray(data, np.float64)
-    if points.ndim != 2 or points.shape[1] != 2:
-        raise ValueError("expected a list of [x, y] points")
-    if kind == "Rectangle":
-        if points.shape[0] != 2:
-            raise ValueError("expected two corners [[x0, y0], [x1, y1]]")
-        (x0, y0), (x1, y1) = points
-        points = np.array(((x0, y0), (x1, y0), (x1, y1), (x0, y1)))
-    elif points.shape[0] < 3:
-        raise ValueError("a polygon needs at least 3 points")
+        phi = math.radians(float(data.get("angle", 0.0)))  # from +x towards +y, as cv2.ellipse
+        t = np.linspace(0.0, 2.0 * np.pi, _ELLIPSE_VERTICES, endpoint=False)
+        x, y = a * np.cos(t), b * np.sin(t)
+        points = np.column_stack((cx + x * math.cos(phi) - y * math.sin(phi),
+                                  cy + x * math.sin(phi) + y * math.cos(phi)))
+    else:
+        points = np.asarray(data, np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError("expected a list of [x, y] points")
+        if kind == "Rectangle":
+            if points.shape[0] != 2:
+                raise ValueError("expected two corners [[x0, y0], [x1, y1]]")
+            (x0, y0), (x1, y1) = points
+            points = np.array(((x0, y0), (x1, y0), (x1, y1), (x0, y1)))
+        elif points.shape[0] < 3:
+            raise ValueError("a polygon needs at least 3 points")
     if not np.all(np.isfinite(points)):
         raise ValueError("non-finite coordinates")
-    return np.round(points).astype(np.int32)
+    return points
 
 
 def roi_mask_from_list(roi_list: Sequence[str], height: int, width: int) -> np.ndarray | None:
@@ -135,7 +135,8 @@ def roi_mask_from_list(roi_list: Sequence[str], height: int, width: int) -> np.n
             vertices = _roi_shape_vertices(kind, ast.literal_eval(body))
         except (ValueError, TypeError, KeyError, SyntaxError) as exc:
             raise ConfigError(f"roi_list[{i}]: cannot read {entry!r} ({exc})") from None
-        cv2.fillPoly(mask, (vertices,), 255 if sign == "+" else 0)
+        fixed = np.rint(vertices * (1 << _ROI_SHIFT)).astype(np.int32)
+        cv2.fillPoly(mask, (fixed,), 255 if sign == "+" else 0, cv2.LINE_8, _ROI_SHIFT)
     return mask
 
 
@@ -160,7 +161,7 @@ class SegmentationParams:
     min_blob_pixels: int = 3
 
     @staticmethod
-    def from_config(config: "Config", crop_size: int = 0, single_animal_area: float = 0.0) -> "SegmentationParams":
+    def from_config(config: Config, crop_size: int = 0, single_animal_area: float = 0.0) -> SegmentationParams:
         seg = config.segmentation
         return SegmentationParams(
             intensity_ths=(float(config.intensity_ths[0]), float(config.intensity_ths[1])),
@@ -219,6 +220,8 @@ class Segmenter:
         height, width = shape[:2]
         if self._roi is not None:
             x, y, w, h = cv2.boundingRect(self._roi)
+            if w == 0 or h == 0:
+                raise ConfigError("roi_list: the region of interest is empty")
         else:
             x, y, w, h = 0, 0, width, height
         self._shape = (height, width)

@@ -16,8 +16,10 @@ Ground truth, precomputed at construction (the crossing flags on first use):
 ``headings`` float64 (F, N)
     radians, direction from tail to head in image coordinates (x right, y down);
 ``crossing`` bool (F, N)
-    the animal's body pixels touch (8-connected) or overlap another animal's body pixels, so
-    that a segmentation would merge the two.
+    a body pixel of the animal lies within ``touch_distance_px`` (Chebyshev distance) of a body
+    pixel of another animal, so that a segmentation would merge the two: 1 (touching,
+    8-connected, or overlapping) without blur, 2 with blur_sigma up to 1.5 (the blur bridges
+    a one-pixel gap), and so on.
 
 A body pixel is a pixel whose centre lies inside the body outline; with no blur and no noise
 these are exactly the pixels that differ from the background. Images are rendered lazily, one
@@ -229,6 +231,8 @@ class SimulatedArena:
         # Every animal is drawn into a (K, K) box around its rounded centre: body plus blur tail.
         self._blur_radius = int(math.ceil(3.0 * cfg.blur_sigma)) if cfg.blur_sigma > 0 else 0
         self._radius = int(math.ceil(self.appearance.extent.max())) + 1 + self._blur_radius + 1
+        # Blur darkens a one-pixel gap between two bodies enough for a threshold to bridge it.
+        self.touch_distance_px = 1 + (int(math.ceil(cfg.blur_sigma - 0.5)) if cfg.blur_sigma > 0 else 0)
         self._gain = illumination(rng_light, self.width, self.height, cfg.uneven_light)
         self._clean = (np.float32(self.ground_level) * self._gain).astype(np.float32)
         self._make_noise_bank(rng_noise, cfg.noise_sigma)
@@ -240,7 +244,7 @@ class SimulatedArena:
     # ------------------------------------------------------------------ ground truth
     @functools.cached_property
     def crossing(self) -> np.ndarray:
-        """bool (F, N): the animal's body pixels touch or overlap another animal's."""
+        """bool (F, N): the animal's body is within ``touch_distance_px`` of another's."""
         return self._compute_crossing()
 
     def body_area_px(self) -> np.ndarray:
@@ -391,7 +395,7 @@ class SimulatedArena:
             return crossing
         extent = self.appearance.extent
         first, second = np.triu_indices(n, k=1)
-        reach = extent[first] + extent[second] + 2.0
+        reach = extent[first] + extent[second] + 2.0 + self.touch_distance_px
         frames_per_chunk = max(1, 2_000_000 // first.size)
         for start in range(0, n_frames, frames_per_chunk):
             stop = min(start + frames_per_chunk, n_frames)
@@ -407,25 +411,28 @@ class SimulatedArena:
         return crossing
 
     def _touching(self, f: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """bool (P,): animal a's body pixels are 8-connected to or overlap animal b's in frame f."""
+        """bool (P,): animal a's body pixels lie within ``touch_distance_px`` of animal b's in frame f."""
         pa, pb = self.positions[f, a], self.positions[f, b]
         mask_a, _, ax, ay = self._body(pa[:, 0], pa[:, 1], self._cos[f, a], self._sin[f, a], a, False)
         mask_b, _, bx, by = self._body(pb[:, 0], pb[:, 1], self._cos[f, b], self._sin[f, b], b, False)
         p, k = mask_a.shape[0], mask_a.shape[1]
-        # a's mask grown by one pixel in all 8 directions, on a grid one pixel larger each side.
-        padded = np.zeros((p, k + 4, k + 4), bool)
-        padded[:, 2:-2, 2:-2] = mask_a
-        grown = np.zeros((p, k + 2, k + 2), bool)
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                grown |= padded[:, dy:dy + k + 2, dx:dx + k + 2]
-        # Look up b's grid pixels in a's grown grid (origin ax - 1, ay - 1).
+        g = self.touch_distance_px
+        # a's mask grown by g pixels in all 8 directions, on a grid g pixels larger each side.
+        padded = np.zeros((p, k + 4 * g, k + 4 * g), bool)
+        padded[:, 2 * g:-2 * g, 2 * g:-2 * g] = mask_a
+        size = k + 2 * g
+        grown = np.zeros((p, size, size), bool)
+        for dy in range(2 * g + 1):
+            for dx in range(2 * g + 1):
+                grown |= padded[:, dy:dy + size, dx:dx + size]
+        # Look up b's grid pixels in a's grown grid (origin ax - g, ay - g).
         steps = np.arange(k)
-        rows = (by - ay + 1)[:, None] + steps
-        cols = (bx - ax + 1)[:, None] + steps
-        row_ok = (rows >= 0) & (rows < k + 2)
-        col_ok = (cols >= 0) & (cols < k + 2)
-        hit = grown[np.arange(p)[:, None, None], np.clip(rows, 0, k + 1)[:, :, None], np.clip(cols, 0, k + 1)[:, None, :]]
+        rows = (by - ay + g)[:, None] + steps
+        cols = (bx - ax + g)[:, None] + steps
+        row_ok = (rows >= 0) & (rows < size)
+        col_ok = (cols >= 0) & (cols < size)
+        hit = grown[np.arange(p)[:, None, None], np.clip(rows, 0, size - 1)[:, :, None],
+                    np.clip(cols, 0, size - 1)[:, None, :]]
         hit &= row_ok[:, :, None] & col_ok[:, None, :] & mask_b
         return hit.any(axis=(1, 2))
 

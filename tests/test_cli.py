@@ -1,0 +1,79 @@
+"""Bad input from the command line: one line naming the problem, a non-zero exit, no traceback."""
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+def toxrt(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("toxrt: error:")]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def params(tmp_path, text):
+    path = tmp_path / "params.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_missing_parameter_file(tmp_path):
+    assert_one_line_error(toxrt("track", "--load", str(tmp_path / "nope.toml")), "nope.toml", "not found")
+
+
+def test_toml_syntax_error(tmp_path):
+    assert_one_line_error(toxrt("track", "--load", params(tmp_path, "video_paths = [\n")), "params.toml", "TOML syntax error")
+
+
+def test_unknown_key(tmp_path):
+    assert_one_line_error(toxrt("track", "--load", params(tmp_path, 'video_paths = ["v.avi"]\nanimals = 3\n')), "'animals'")
+
+
+def test_unknown_flag_key(tmp_path):
+    result = toxrt("track", "--load", params(tmp_path, 'video_paths = ["v.avi"]\n'), "--linking.max_gap", "3")
+    assert_one_line_error(result, "'linking.max_gap'")
+
+
+def test_wrong_type_and_range(tmp_path):
+    assert_one_line_error(toxrt("track", "--load", params(tmp_path, 'number_of_animals = "x"\n')), "number_of_animals", "integer")
+    assert_one_line_error(toxrt("track", "--load", params(tmp_path, "area_ths = [100, 10]\n")), "area_ths")
+
+
+def test_missing_video(tmp_path):
+    result = toxrt("track", "--load", params(tmp_path, 'video_paths = ["gone.mp4"]\nnumber_of_animals = 2\n'))
+    assert_one_line_error(result, "gone.mp4", "not found")
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "frames").mkdir()
+    result = toxrt("track", "--load", params(tmp_path, 'video_paths = ["frames"]\nnumber_of_animals = 2\n'))
+    assert_one_line_error(result, "frames", "no images")
+
+
+def test_corrupt_video(tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x01garbage" * 100)
+    result = toxrt("track", "--load", params(tmp_path, 'video_paths = ["bad.mp4"]\nnumber_of_animals = 2\n'))
+    assert_one_line_error(result, "bad.mp4")
+
+
+def test_thresholds_that_find_nothing(tmp_path):
+    path = tmp_path / "blank.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for _ in range(10):
+        writer.write(np.full((48, 64, 3), 200, np.uint8))
+    writer.release()
+    result = toxrt("track", "--load", params(tmp_path, 'video_paths = ["blank.avi"]\nnumber_of_animals = 2\n'))
+    assert_one_line_error(result, "intensity_ths")
+
+
+def test_simulate_rejects_bad_values(tmp_path):
+    assert_one_line_error(toxrt("simulate", str(tmp_path / "out"), "--animals", "0"), "number_of_animals")

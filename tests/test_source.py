@@ -1,0 +1,75 @@
+"""Sources read real files through OpenCV: videos, image sequences, broken files."""
+import cv2
+import numpy as np
+import pytest
+
+from toxrt.errors import SourceError
+from toxrt.source import VideoSource
+
+
+def write_video(path, n_frames=30, size=(96, 64), fps=20.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened()
+    for i in range(n_frames):
+        image = np.full((size[1], size[0], 3), 200, np.uint8)
+        cv2.circle(image, (10 + 2 * i, 32), 5, (20, 20, 20), -1)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_video_file_frames_in_order(tmp_path):
+    source = VideoSource([str(write_video(tmp_path / "v.avi"))])
+    frames = list(source)
+    assert source.n_frames == 30 and source.fps == pytest.approx(20.0)
+    assert [f.index for f in frames] == list(range(30))
+    assert frames[0].image.shape == (64, 96) and frames[0].image.dtype == np.uint8
+    assert frames[3].time_s == pytest.approx(3 / 20.0)
+    assert source.stopped_early_at is None
+
+
+def test_tracking_intervals_keep_original_indices(tmp_path):
+    source = VideoSource([str(write_video(tmp_path / "v.avi"))], intervals=[[5, 10], [20, 23]])
+    assert [f.index for f in source] == [5, 6, 7, 8, 9, 20, 21, 22]
+    assert source.n_frames == 8
+
+
+def test_two_videos_run_on(tmp_path):
+    a, b = write_video(tmp_path / "a.avi", 10), write_video(tmp_path / "b.avi", 7)
+    assert [f.index for f in VideoSource([str(a), str(b)])] == list(range(17))
+
+
+def test_image_sequence_pattern_and_folder(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(1, 6):
+        cv2.imwrite(str(folder / f"frame_{i:06d}.png"), np.full((20, 30), i * 10, np.uint8))
+    for path in (str(folder / "frame_%06d.png"), str(folder)):
+        frames = list(VideoSource([path], fps=10))
+        assert [int(f.image[0, 0]) for f in frames] == [10, 20, 30, 40, 50]
+
+
+def test_background_samples_spread_over_the_video(tmp_path):
+    source = VideoSource([str(write_video(tmp_path / "v.avi"))])
+    samples = source.sample(5)
+    assert len(samples) == 5 and samples[0].shape == (64, 96)
+
+
+def test_truncated_video_stops_early_and_says_where(tmp_path):
+    path = write_video(tmp_path / "v.avi", n_frames=60)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    source = VideoSource([str(path)])
+    frames = list(source)
+    assert 0 < len(frames) < 60
+    assert source.stopped_early_at == len(frames)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing.avi", "file not found"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "no images found"),
+    (lambda d: (d / "junk.avi").write_bytes(b"not a video at all" * 10) and d / "junk.avi", "cannot be opened|no frame"),
+])
+def test_bad_inputs_are_source_errors(tmp_path, make, message):
+    with pytest.raises(SourceError, match=message):
+        VideoSource([str(make(tmp_path))])

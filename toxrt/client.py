@@ -1,0 +1,291 @@
+"""Receiving toxrt's live stream: a position client for stimulus programs and ``toxrt listen``.
+
+:class:`PositionClient` runs a background thread that drains the SUB socket as messages arrive,
+so the latest position of every identity is always at hand (``latest()``) without the stimulus
+program having to poll often; a program that is busy for a while never reads a stale backlog.
+Gaps in ``seq`` count messages this client missed.
+
+Quick start::
+
+    from toxrt.client import PositionClient
+    with PositionClient("tcp://127.0.0.1:5556") as client:
+        client.wait_for_frame(timeout_s=5)
+        for identity, pos in client.latest().items():
+            print(identity, pos.x, pos.y, f"{pos.age_s() * 1000:.0f} ms old")
+"""
+from __future__ import annotations
+
+import collections
+import csv
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, TextIO
+
+import zmq
+
+from .errors import ToxrtError
+from .publish import DEFAULT_ADDRESS, STATUS_NAMES, TOPIC_EVENT, TOPIC_POS, TOPIC_STATUS, decode
+
+log = logging.getLogger(__name__)
+
+_POLL_MS = 100  # how often the receiving thread checks for close()
+CSV_COLUMNS = ("frame", "seq", "t_capture", "t_publish", "t_receive", "id", "fragment", "x", "y",
+               "heading", "area", "status", "p")
+
+
+@dataclass(frozen=True)
+class AnimalPosition:
+    """The last published position of one identity; ``t_capture`` in UNIX seconds."""
+
+    id: int
+    x: float  # pixels, origin top-left
+    y: float
+    heading: float  # main-axis angle, radians
+    area: float  # pixels
+    status: int  # toxrt.types.Status
+    p: float  # identity probability
+    frame: int
+    t_capture: float
+
+    def age_s(self, now: float | None = None) -> float:
+        """Seconds since the frame holding this position was captured."""
+        return (time.time() if now is None else now) - self.t_capture
+
+
+def _check_connect_address(address: str) -> str:
+    if "://" not in address:
+        raise ToxrtError(f"address {address!r} is not a ZeroMQ address (e.g. {DEFAULT_ADDRESS})")
+    return address
+
+
+def _subscriber(context: zmq.Context, address: str, topics: Iterable[bytes]) -> zmq.Socket:
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.LINGER, 0)
+    for topic in topics:
+        socket.setsockopt(zmq.SUBSCRIBE, topic)
+    try:
+        socket.connect(address)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        raise ToxrtError(f"cannot connect to {address}: {exc.strerror}") from None
+    return socket
+
+
+class PositionClient:
+    """Latest positions of each identity, received in a background thread.
+
+    ``received`` counts ``pos`` messages, ``missed`` the gaps in their ``seq`` (messages dropped on
+    the way), ``rejected`` payloads that could not be decoded. ``events()`` drains the ``event``
+    messages (the latest ``max_events`` are kept); ``status`` is the latest ``status`` message.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, max_events: int = 1000,
+                 context: zmq.Context | None = None):
+        self.address = _check_connect_address(address)
+        self._context = context or zmq.Context.instance()
+        self._socket = _subscriber(self._context, address, (TOPIC_POS, TOPIC_EVENT, TOPIC_STATUS))
+        self._lock = threading.Lock()
+        self._new_frame = threading.Condition(self._lock)
+        self._latest: dict[int, AnimalPosition] = {}
+        self._last: dict | None = None
+        self._events: collections.deque[dict] = collections.deque(maxlen=max_events)
+        self.status: dict | None = None
+        self.received = self.missed = self.rejected = 0
+        self._last_seq: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="toxrt-client", daemon=True)
+        self._thread.start()
+
+    # -- receiving thread (owns the socket) -----------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._socket.poll(_POLL_MS, zmq.POLLIN):
+                    continue
+                while True:
+                    try:
+                        parts = self._socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._handle(parts, time.time())
+        finally:
+            self._socket.close(linger=0)
+
+    def _handle(self, parts: list[bytes], t_receive: float) -> None:
+        try:
+            topic, payload = parts
+            message = decode(payload)
+        except ValueError:
+            self.rejected += 1
+            return
+        message["t_receive"] = t_receive
+        with self._lock:
+            if topic == TOPIC_POS:
+                self._on_position(message)
+                self._new_frame.notify_all()
+            elif topic == TOPIC_EVENT:
+                self._events.append(message)
+            elif topic == TOPIC_STATUS:
+                self.status = message
+
+    def _on_position(self, message: dict) -> None:
+        seq = message.get("seq", 0)
+        if self._last_seq is not None and seq > self._last_seq + 1:
+            self.missed += seq - self._last_seq - 1
+        self._last_seq = seq  # a smaller seq means the publisher restarted: start counting again
+        self.received += 1
+        self._last = message
+        frame, t_capture = message["frame"], message["t_capture"]
+        for row in zip(message["id"], message["x"], message["y"], message["heading"], message["area"],
+                       message["status"], message["p"]):
+            if row[0] > 0:
+                self._latest[row[0]] = AnimalPosition(*row, frame=frame, t_capture=t_capture)
+
+    # -- reading (any thread) -------------------------------------------------------------------
+    def latest(self) -> dict[int, AnimalPosition]:
+        """The last position of every identity seen so far, by identity (1..N)."""
+        with self._lock:
+            return dict(self._latest)
+
+    def get(self, identity: int) -> AnimalPosition | None:
+        with self._lock:
+            return self._latest.get(identity)
+
+    def last_frame(self) -> dict | None:
+        """The latest ``pos`` message as decoded, with the local ``t_receive`` added."""
+        with self._lock:
+            return self._last
+
+    def stream_age_s(self, now: float | None = None) -> float:
+        """Seconds since the latest received frame was captured (inf before the first)."""
+        with self._lock:
+            if self._last is None:
+                return float("inf")
+            return (time.time() if now is None else now) - self._last["t_capture"]
+
+    def wait_for_frame(self, after_seq: int = -1, timeout_s: float = 5.0) -> dict | None:
+        """Block until a ``pos`` message with ``seq > after_seq`` has arrived; None on timeout."""
+        with self._new_frame:
+            ok = self._new_frame.wait_for(
+                lambda: self._last is not None and self._last["seq"] > after_seq, timeout=timeout_s)
+            return self._last if ok else None
+
+    def events(self) -> list[dict]:
+        """The ``event`` messages received since the last call, oldest first."""
+        with self._lock:
+            drained = list(self._events)
+            self._events.clear()
+            return drained
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> "PositionClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# toxrt listen
+# ---------------------------------------------------------------------------------------------
+
+def format_table(message: dict, status: dict | None, missed: int, now: float) -> str:
+    """A text table of one ``pos`` message: one line per blob, identified animals first."""
+    age_ms = (now - message["t_capture"]) * 1000.0
+    head = f"frame {message['frame']:>7}  seq {message['seq']:>7}  age {age_ms:7.1f} ms  missed {missed}"
+    if status:
+        head += (f"  |  {status.get('fps', float('nan')):5.1f} fps  latency p50 "
+                 f"{status.get('latency_ms_p50', float('nan')):.1f} ms  dropped "
+                 f"{status.get('dropped_publish', 0)}+{status.get('dropped_source', 0)}")
+    lines = [head, f"{'id':>4} {'x':>8} {'y':>8} {'heading':>8} {'area':>7} {'status':>10} {'p':>5}"]
+    rows = sorted(zip(message["id"], message["x"], message["y"], message["heading"], message["area"],
+                      message["status"], message["p"]), key=lambda r: (r[0] == 0, r[0]))
+    for ident, x, y, heading, area, status_code, p in rows:
+        name = STATUS_NAMES.get(status_code, str(status_code))
+        shown = str(ident) if ident > 0 else "-"
+        lines.append(f"{shown:>4} {x:8.1f} {y:8.1f} {heading:8.2f} {area:7.0f} {name:>10} {p:5.2f}")
+    return "\n".join(lines)
+
+
+def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration_s: float | None = None,
+           max_frames: int | None = None, out: TextIO | None = None, refresh_s: float = 0.5,
+           context: zmq.Context | None = None) -> dict[str, Any]:
+    """Print the live stream as a table of animals (at most every ``refresh_s``), optionally
+    writing every received position to ``csv_path`` (columns ``CSV_COLUMNS``, one row per blob).
+
+    Runs until ``duration_s`` has passed, ``max_frames`` ``pos`` messages arrived, or Ctrl-C.
+    Returns counts: frames, missed, events, rejected.
+    """
+    out = out or sys.stdout
+    _check_connect_address(address)
+    socket = _subscriber(context or zmq.Context.instance(), address, (TOPIC_POS, TOPIC_EVENT, TOPIC_STATUS))
+    clear = "\x1b[H\x1b[J" if getattr(out, "isatty", lambda: False)() else ""
+    handle = writer = None
+    if csv_path:
+        try:
+            handle = open(csv_path, "w", newline="")
+        except OSError as exc:
+            socket.close(linger=0)
+            raise ToxrtError(f"--csv {csv_path}: cannot write: {exc.strerror}") from None
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+    counts = {"frames": 0, "missed": 0, "events": 0, "rejected": 0}
+    status: dict | None = None
+    last_seq: int | None = None
+    last_shown = 0.0
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    out.write(f"listening on {address} (Ctrl-C to stop)\n")
+    out.flush()
+    try:
+        while (deadline is None or time.monotonic() < deadline) and (max_frames is None or counts["frames"] < max_frames):
+            if not socket.poll(_POLL_MS, zmq.POLLIN):
+                continue
+            topic, payload, *_ = socket.recv_multipart() + [b""]
+            t_receive = time.time()
+            try:
+                message = decode(payload)
+            except ValueError:
+                counts["rejected"] += 1
+                continue
+            if topic == TOPIC_STATUS:
+                status = message
+            elif topic == TOPIC_EVENT:
+                counts["events"] += 1
+                out.write(f"event {message.get('type')}: "
+                          f"{ {k: v for k, v in message.items() if k not in ('v', 'type')} }\n")
+            elif topic == TOPIC_POS:
+                seq = message["seq"]
+                if last_seq is not None and seq > last_seq + 1:
+                    counts["missed"] += seq - last_seq - 1
+                last_seq = seq
+                counts["frames"] += 1
+                if writer is not None:
+                    _write_rows(writer, message, t_receive)
+                if t_receive - last_shown >= refresh_s:
+                    last_shown = t_receive
+                    out.write(clear + format_table(message, status, counts["missed"], t_receive) + "\n\n")
+                    out.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        socket.close(linger=0)
+        if handle is not None:
+            handle.close()
+    out.write(f"received {counts['frames']} frames, missed {counts['missed']}, "
+              f"{counts['events']} events, {counts['rejected']} unreadable\n")
+    return counts
+
+
+def _write_rows(writer: Any, message: dict, t_receive: float) -> None:
+    head = (message["frame"], message["seq"], message["t_capture"], message["t_publish"], t_receive)
+    n = len(message["id"])
+    fragments = message.get("fragment") or [0] * n
+    writer.writerows(head + row for row in zip(message["id"], fragments, message["x"], message["y"],
+                                                message["heading"], message["area"], message["status"],
+                                                message["p"]))

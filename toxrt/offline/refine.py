@@ -1,0 +1,352 @@
+"""Offline identity refinement of a recorded session (idtracker.ai v6's contrastive protocol).
+
+Stages, each a function call (Torrents et al. 2025, Appendix 2):
+
+1. fragments, coexistence and global fragments from the session's blob rows (``dataset``);
+2. contrastive training of the embedding network, stopped by the silhouette score (``train``);
+3. every identification image embedded; K-means with K = N, initialised from the global fragment
+   whose shortest fragment is longest, else from the live identities (``cluster``);
+4. image identity probabilities (inverse 7th power of the distance to each centre), one identity
+   per fragment, coexisting fragments never sharing one (``assign``);
+5. trajectories with crossing gaps filled from the identities before and after
+   (``toxrt.output.assemble_trajectories``), written like the live ones; the live result is kept
+   as ``trajectories_live.npy``.
+
+Usage::
+
+    from toxrt.offline.refine import RefineOptions, refine_session
+    summary = refine_session(Path("out/session_x"), RefineOptions(network="small"))
+    print("\\n".join(summary.summary_lines()))
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, SessionError
+from . import assign, cluster
+from .dataset import (FragmentTable, ImageLoader, SessionLike, build_fragment_table, check_session,
+                      global_fragments, trainable)
+
+log = logging.getLogger(__name__)
+
+OFFLINE_DIR = "offline"
+LOW_CONNECTIVITY = 0.25  # paper: below 0.25 (N - 1) coexisting fragments per fragment, expect errors
+
+
+@dataclass(frozen=True)
+class RefineOptions:
+    """Settings of the offline refinement; the defaults follow the paper, tuned for CPU speed."""
+
+    device: str = "auto"
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
+    image_size: int = 32
+    """Side in pixels the identification images are resized to (32 trains > 2x faster than 40)."""
+    network: str = "resnet18"
+    """``resnet18`` (the paper's, 11.17 M parameters) or ``small`` (a 0.1 M CNN, for speed)."""
+    batch_pairs: int = 400
+    """Positive pairs per batch; as many negative pairs (paper: 400 + 400 = 1600 images)."""
+    max_batches: int = 15000
+    """Hard limit on training batches (a resumed run continues up to this)."""
+    eval_every: int = 0
+    """Batches between silhouette evaluations; 0 = max(100, 5 N) as in the paper."""
+    patience: int = 30
+    """Stop after this many evaluations without a better silhouette."""
+    target_patience: int = 2
+    """... or after this many once the silhouette reached ``silhouette_target``."""
+    silhouette_target: float = 0.91
+    """Silhouette at which training may stop early (paper: 0.91 ~ < 1 % image error)."""
+    silhouette_images: int = 0
+    """Images clustered at each evaluation; 0 = 1000 N as in the paper."""
+    images_per_fragment: int = 0
+    """Training samples at most this many evenly spaced images of each fragment; 0 = all."""
+    alpha: float = 0.5
+    """Weight of size-based against loss-based fragment-pair sampling."""
+    learning_rate: float = 1e-3
+    """Adam learning rate (paper: 1e-3)."""
+    seed: int = 0
+    """Seeds training, sampling and K-means: equal seeds and threads give equal results."""
+    threads: int = 0
+    """torch intra-op threads; 0 = one per core."""
+    bf16: str = "auto"
+    """bf16 inference for embedding: ``auto`` (when the CPU has AMX), ``on`` or ``off``."""
+    checkpoint: str = ""
+    """Checkpoint file; empty = ``<session>/offline/checkpoint.pt``. An existing one is resumed."""
+    resume: bool = True
+    """Resume from an existing checkpoint made with the same settings; False starts afresh."""
+    max_crossing_gap: int = 0
+    """Longest crossing (frames) filled from the identities around it; 0 = 2 s at the session fps."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("image_size", 8 <= self.image_size <= 256, "8..256"),
+            ("network", self.network in ("resnet18", "small"), "resnet18 or small"),
+            ("batch_pairs", self.batch_pairs >= 1, "1 or more"),
+            ("max_batches", self.max_batches >= 1, "1 or more"),
+            ("eval_every", self.eval_every >= 0, "0 or more"),
+            ("patience", self.patience >= 1, "1 or more"),
+            ("target_patience", self.target_patience >= 1, "1 or more"),
+            ("silhouette_target", -1.0 <= self.silhouette_target <= 1.0, "in [-1, 1]"),
+            ("silhouette_images", self.silhouette_images >= 0, "0 or more"),
+            ("images_per_fragment", self.images_per_fragment == 0 or self.images_per_fragment >= 2,
+             "0 (all) or 2 or more"),
+            ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
+            ("learning_rate", self.learning_rate > 0, "positive"),
+            ("threads", self.threads >= 0, "0 or more"),
+            ("bf16", self.bf16 in ("auto", "on", "off"), "auto, on or off"),
+            ("max_crossing_gap", self.max_crossing_gap >= 0, "0 or more"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"refine option {key}: {getattr(self, key)!r} is out of range ({why})")
+
+
+@dataclass
+class RefineResult:
+    """What refinement decided, in memory (no files). Arrays are per row of ``table``."""
+
+    table: FragmentTable
+    number_of_animals: int
+    identity: np.ndarray  # int64 (F,) refined identity 1..N, 0 = unidentified
+    probability: np.ndarray  # float64 (F,) probability of that identity
+    status: str  # "refined", or "kept_live" when there was too little to learn from
+    silhouette: float
+    connectivity: float
+    batches: int = 0
+    interrupted: bool = False
+    resumed_from: int = 0
+    train_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def fragment_identity(self) -> dict[int, tuple[int, float]]:
+        """fragment id -> (identity, probability), identified fragments only."""
+        keep = np.flatnonzero(self.identity > 0)
+        return {int(self.table.ids[f]): (int(self.identity[f]), float(self.probability[f])) for f in keep}
+
+    def estimated_accuracy(self) -> float:
+        """Image-weighted mean probability of the identities given (idtracker.ai's estimate)."""
+        n = self.table.n_images * (self.identity > 0)
+        return float((n * self.probability).sum() / n.sum()) if n.sum() else float("nan")
+
+    def fraction_identified(self) -> float:
+        """Fraction of individual images whose fragment has an identity."""
+        total = self.table.n_images.sum()
+        return float(self.table.n_images[self.identity > 0].sum() / total) if total else 0.0
+
+    def changes(self) -> tuple[int, int]:
+        """(fragments, images) whose identity differs from the live one."""
+        changed = self.identity != self.table.live_identity
+        return int(changed.sum()), int(self.table.n_images[changed].sum())
+
+
+@dataclass
+class RefineSummary:
+    """The refinement's account, as printed by ``toxrt refine`` and stored as JSON."""
+
+    session_dir: str
+    status: str
+    number_of_animals: int
+    fragments: int
+    images: int
+    silhouette: float
+    estimated_accuracy: float
+    fraction_identified: float
+    fragment_connectivity: float
+    fragments_changed: int
+    images_changed: int
+    batches: int
+    resumed_from: int
+    interrupted: bool
+    seconds: float
+    outputs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"session:      {self.session_dir}",
+            f"result:       {self.status} ({self.number_of_animals} animals, {self.fragments} fragments, "
+            f"{self.images} images)",
+            f"training:     {self.batches} batches in {self.seconds:.0f} s"
+            + (f" (resumed at {self.resumed_from})" if self.resumed_from else "")
+            + (" (interrupted: best model so far)" if self.interrupted else ""),
+            f"quality:      silhouette {self.silhouette:.3f}, estimated accuracy {self.estimated_accuracy:.4f}, "
+            f"identified {100 * self.fraction_identified:.1f}% of images",
+            f"connectivity: {self.fragment_connectivity:.2f} coexisting fragments per fragment / (N - 1)",
+            f"vs live:      {self.fragments_changed} fragments ({self.images_changed} images) changed identity",
+        ]
+        lines += [f"WARNING:      {w}" for w in self.warnings]
+        lines += [f"written:      {p}" for p in self.outputs]
+        return lines
+
+
+def refine(session: SessionLike, options: RefineOptions, where: str = "session",
+           checkpoint: Path | None = None, progress: bool = True) -> RefineResult:
+    """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint."""
+    import torch  # the live stage never imports torch; this module is only loaded for ``refine``
+
+    from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
+
+    n = check_session(session, where)
+    table = build_fragment_table(session)
+    if len(table) == 0:
+        raise SessionError(f"{where}: no individual fragments with identification images")
+    connectivity = table.connectivity(n)
+    warnings: list[str] = []
+    if connectivity < LOW_CONNECTIVITY:
+        warnings.append(f"fragment connectivity {connectivity:.2f} < {LOW_CONNECTIVITY}: too few animals are "
+                        "seen together; expect identification errors")
+    live_probability = session.blobs["probability"][table.rows[table.offsets[1:] - 1]].astype(np.float64) \
+        if "probability" in (session.blobs.dtype.names or ()) else np.ones(len(table))
+    keep_live = RefineResult(table, n, table.live_identity.astype(np.int64), live_probability, "kept_live",
+                             float("nan"), connectivity, warnings=warnings)
+    trainable_pairs = trainable(table)[table.pairs].all(axis=1).sum() if len(table.pairs) else 0
+    if n < 2 or trainable_pairs == 0 or trainable(table).sum() < n:
+        warnings.append(f"too few coexisting fragments to learn from ({int(trainable_pairs)} pairs of fragments "
+                        f"with >= 4 images); live identities kept")
+        for w in warnings:
+            log.warning(w)
+        return keep_live
+
+    device = resolve_device(options.device)
+    bf16 = options.bf16 == "on" or (options.bf16 == "auto" and device.type == "cpu" and cpu_has_amx())
+    loader = ImageLoader(session, options.image_size)
+    settings = TrainSettings(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainSettings)})
+    with torch_threads(options.threads or (os.cpu_count() or 1)):
+        trained = train_embedding(table, loader, n, settings, device, checkpoint, progress, bf16)
+        log.info("embedding all %d individual images", table.rows.shape[0])
+        z = embed(trained.model, loader, table.rows, device, bf16=bf16)
+    if not np.isfinite(z).all():
+        warnings.append("the network produced non-finite embeddings; live identities kept")
+        log.warning(warnings[-1])
+        return keep_live
+
+    sets = global_fragments(table, session.blobs, n)
+    frag_of_image = table.fragment_of_image()
+    init = cluster.group_centers(z, frag_of_image_to_group(frag_of_image, sets[0]), n) if len(sets) else None
+    if init is None:
+        init = cluster.group_centers(z, table.live_identity[frag_of_image], n)
+    centers, labels = cluster.kmeans(z, n, init, options.seed)
+    # keep the live numbering: cluster j -> the live identity most of its images carry
+    mapping = assign.align_clusters(labels, table.live_identity[frag_of_image], n)
+    order = np.argsort(mapping)  # column i of the reordered probabilities is identity i + 1
+    p_image = cluster.identity_probabilities(z, centers)[:, order]
+    p1 = assign.fragment_probabilities(p_image, table.n_images)
+    ptr, adj = table.neighbours()
+    identity, probability = assign.assign_fragments(p1, table.n_images, ptr, adj, sets)
+    conflicts = assign.shares_identity_with_coexisting(identity, table.pairs)
+    if conflicts:  # cannot happen by construction; checked because clients rely on it
+        raise RuntimeError(f"{conflicts} coexisting fragment pairs share an identity")
+    sil = cluster.silhouette(z, labels, max_samples=10000, seed=options.seed)
+    if trained.interrupted:
+        warnings.append("training was interrupted; identities come from the best model so far")
+    for w in warnings:
+        log.warning(w)
+    return RefineResult(table, n, identity, probability, "refined", sil, connectivity, trained.batches,
+                        trained.interrupted, trained.resumed_from, trained.seconds, warnings)
+
+
+def frag_of_image_to_group(frag_of_image: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """int64 (R,): 1..N for images of the k-th fragment of a global fragment, 0 elsewhere."""
+    group = np.zeros(frag_of_image.shape[0], np.int64)
+    lookup = np.zeros(int(frag_of_image.max(initial=-1)) + 2, np.int64)
+    lookup[members] = np.arange(1, members.shape[0] + 1)
+    group[:] = lookup[frag_of_image]
+    return group
+
+
+def refine_session(session_dir: Path, options: RefineOptions, progress: bool = True) -> RefineSummary:
+    """Refine a recorded session folder and write the refined trajectories next to the live ones.
+
+    Writes ``trajectories/trajectories.npy`` (+ csv/h5 as the session's parameters ask) with the
+    quality measures added to the dict, keeps the live file as ``trajectories_live.npy``, and
+    ``offline/refine_summary.json``, ``offline/fragment_identities.npz`` and the checkpoint (which
+    holds the best model).
+    Raises SessionError (one line) for a folder that is not a readable session with images.
+    """
+    from ..output import assemble_trajectories, trajectories_dict, write_trajectories
+    from ..recording import load_session
+
+    t0 = time.monotonic()
+    folder = Path(session_dir)
+    session = load_session(folder)
+    checkpoint = Path(options.checkpoint) if options.checkpoint else folder / OFFLINE_DIR / "checkpoint.pt"
+    if not options.resume and checkpoint.exists():
+        checkpoint.unlink()
+    result = refine(session, options, str(folder), checkpoint, progress)
+
+    n = result.number_of_animals
+    fps = float(session.meta.get("frames_per_second", session.meta.get("fps", 25.0)) or 25.0)
+    gap = options.max_crossing_gap or max(1, int(round(2 * fps)))
+    trajectories, probabilities, status = assemble_trajectories(
+        session.blobs, result.fragment_identity(), int(session.n_frames), n, max_crossing_gap=gap)
+    fragments_changed, images_changed = result.changes()
+    summary = RefineSummary(
+        session_dir=str(folder), status=result.status, number_of_animals=n, fragments=len(result.table),
+        images=int(result.table.rows.shape[0]), silhouette=result.silhouette,
+        estimated_accuracy=result.estimated_accuracy(), fraction_identified=result.fraction_identified(),
+        fragment_connectivity=result.connectivity, fragments_changed=fragments_changed,
+        images_changed=images_changed, batches=result.batches, resumed_from=result.resumed_from,
+        interrupted=result.interrupted, seconds=time.monotonic() - t0, warnings=list(result.warnings))
+
+    out_dir = folder / "trajectories"
+    _keep_live(out_dir)
+    meta = dict(session.meta)
+    meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-refined")
+    formats = list(getattr(session, "parameters", {}).get("trajectories_formats", ["npy", "csv"]))
+    written = write_trajectories(out_dir, trajectories, probabilities, status, meta, formats)
+    # the npy dict also carries the refinement's quality measures
+    data = trajectories_dict(trajectories, probabilities, status, meta)
+    data.update(silhouette_score=summary.silhouette, estimated_accuracy=summary.estimated_accuracy,
+                fraction_images_identified=summary.fraction_identified,
+                fragment_connectivity=summary.fragment_connectivity, refine_status=summary.status)
+    _save_npy(out_dir / "trajectories.npy", data)
+    summary.outputs = [str(p) for p in written]
+    _store(folder, summary, result)
+    return summary
+
+
+def _keep_live(out_dir: Path) -> None:
+    """Rename the live trajectories to ``trajectories_live*`` once (a second refine keeps them)."""
+    live = out_dir / "trajectories.npy"
+    if live.exists() and not (out_dir / "trajectories_live.npy").exists():
+        os.replace(live, out_dir / "trajectories_live.npy")
+        for suffix in ("_csv", ".h5"):
+            old = out_dir / f"trajectories{suffix}"
+            if old.exists():
+                os.replace(old, out_dir / f"trajectories_live{suffix}")
+    elif not live.exists() and not (out_dir / "trajectories_live.npy").exists():
+        log.warning("%s: no live trajectories to keep", out_dir)
+
+
+def _save_npy(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.save(handle, data, allow_pickle=True)
+    os.replace(tmp, path)
+
+
+def _store(folder: Path, summary: RefineSummary, result: RefineResult) -> None:
+    """offline/refine_summary.json (atomically) and offline/fragment_identities.npz."""
+    out = folder / OFFLINE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "refine_summary.json.tmp"
+    tmp.write_text(json.dumps(summary.as_dict(), indent=2, default=float))
+    os.replace(tmp, out / "refine_summary.json")
+    np.savez(out / "fragment_identities.npz", fragment=result.table.ids, identity=result.identity,
+             probability=result.probability, live_identity=result.table.live_identity)
+
+
+__all__ = ["RefineOptions", "RefineResult", "RefineSummary", "refine", "refine_session"]
