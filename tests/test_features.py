@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from toxrt.errors import ConfigError
 from toxrt.features import (
     blob_features,
     blob_shapes,
@@ -197,7 +198,7 @@ def test_estimate_animal_size_is_robust_to_crossings():
     lengths = np.array([40.0, 41, 39, 40, 80, 60])
     area, length = estimate_animal_size(areas, lengths)
     assert area == pytest.approx(407.5) and length == pytest.approx(40.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="intensity_ths"):
         estimate_animal_size(np.zeros(0), np.zeros(0))
 
 

@@ -293,6 +293,10 @@ def test_bad_input_fails_in_the_caller(tmp_path):
         result.blobs.crop = np.zeros((3, CROP + 1, CROP + 1), np.uint8)
         with pytest.raises(SessionError, match="identification_image_size"):
             writer.write_frame(result)
+        result = make_result(1)
+        result.blobs.histogram = np.zeros((3, BINS + 1), np.float32)
+        with pytest.raises(SessionError, match="histogram_bins"):
+            writer.write_frame(result)
         with pytest.raises(SessionError, match="cannot be written as JSON"):
             writer.write_events([{"type": "x", "what": object()}])
         with pytest.raises(SessionError, match="cannot be written as JSON"):
@@ -351,3 +355,21 @@ def test_writer_failure_reaches_the_caller(tmp_path):
     with pytest.raises(SessionError, match="session writer failed"):
         writer.close()
     writer.close()  # idempotent after a failure too
+
+
+def test_unclosed_writer_is_closed_at_exit(tmp_path):
+    folder = tmp_path / "s"
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_recording import make_result, open_writer
+        from toxrt.config import RecordingConfig
+        writer = open_writer(Path({str(folder)!r}), RecordingConfig(flush_interval_s=1.0))
+        for frame in range(50):
+            writer.write_frame(make_result(frame))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+    session = load_session(folder)
+    assert session.n_frames == 50 and session.meta["complete"] is True

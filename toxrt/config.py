@@ -104,6 +104,20 @@ class SimConfig:
     appearance_spread: float = _opt(1.0, _unit_interval, "between 0 and 1")
 
 
+PUBLISH_FORMATS = ("msgpack", "json")
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    realtime: bool = _opt(False)  # replay files / the simulated arena at their frame rate, newest frame wins
+    publish_address: str = _opt("tcp://127.0.0.1:5556", lambda v: v == "" or "://" in v, "empty (off) or a ZeroMQ address")
+    publish_format: str = _opt("msgpack", lambda v: v in PUBLISH_FORMATS, f"one of {PUBLISH_FORMATS}")
+    marker_address: str = _opt("tcp://127.0.0.1:5557", lambda v: v == "" or "://" in v, "empty (off) or a ZeroMQ address")
+    allow_remote: bool = _opt(False)  # bind publish/marker sockets on non-loopback addresses
+    publish_hwm: int = _opt(1000, _positive, "positive")
+    source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = _opt("")
@@ -124,6 +138,7 @@ class Config:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     def __post_init__(self) -> None:
         _check_pair("intensity_ths", self.intensity_ths, 0, 255)
@@ -146,7 +161,7 @@ def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("segmentation", "linking", "identity", "recording", "sim")}
+            ("segmentation", "linking", "identity", "recording", "sim", "streaming")}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:

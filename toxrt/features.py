@@ -31,6 +31,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .errors import ConfigError
 from .types import Blobs
 
 logger = logging.getLogger(__name__)
@@ -173,12 +174,13 @@ def estimate_animal_size(areas: np.ndarray, major_axis_lengths: np.ndarray) -> t
     """(single_animal_area in pixels, body_length_px) as medians over blobs of sampled frames.
 
     The median is robust to the minority of blobs that are crossings or fragments of animals.
-    Raises ValueError when there are no blobs (the caller turns that into a user-facing error).
+    No blobs at all means the segmentation parameters find nothing: a ConfigError says so.
     """
     areas = np.asarray(areas, np.float64).ravel()
     lengths = np.asarray(major_axis_lengths, np.float64).ravel()
     if areas.size == 0 or lengths.size == 0:
-        raise ValueError("no blobs to estimate the animal size from")
+        raise ConfigError("no blobs in the sampled frames to estimate the animal size from; "
+                          "check intensity_ths, area_ths, use_bkg and roi_list")
     return float(np.median(areas)), float(np.median(lengths))
 
 

@@ -233,6 +233,8 @@ class LiveIdentities:
         events: list[IdentityEvent] = []
         individual = np.flatnonzero(~is_crossing)
         if individual.size:
+            if not self._bins:
+                self._allocate(np.shape(histogram)[1])
             ids = fragment[individual]
             slots = np.fromiter((self._slot(f) for f in ids.tolist()), np.intp, individual.size)
             self._append(slots, np.asarray(histogram)[individual], np.asarray(hu)[individual])
@@ -301,8 +303,6 @@ class LiveIdentities:
 
     def _append(self, slots: np.ndarray, histogram: np.ndarray, hu: np.ndarray) -> None:
         """Write one sample per slot into the fragments' rings and feed confident references."""
-        if not self._bins:
-            self._allocate(histogram.shape[1])
         z, code = standardise_histograms(histogram), shape_code(hu)
         position = self._count[slots] % self._cfg.fragment_samples
         self._z[slots, position] = z

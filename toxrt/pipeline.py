@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
-from .features import estimate_animal_size, identification_image_size
+from .features import blob_shapes, estimate_animal_size, identification_image_size
 from .fragments import Linker
 from .identity import LiveIdentities, fuse_fragments
 from .output import assemble_trajectories, write_trajectories
@@ -57,10 +57,8 @@ def prepare(config: Config, source: FrameSource) -> Setup:
     roi = roi_mask_from_list(config.roi_list, source.height, source.width)
     params = SegmentationParams.from_config(config)
     size_samples = samples[:: max(1, len(samples) // SIZE_SAMPLE_FRAMES)]
-    counts = []
     segmenter = Segmenter(params, background, roi)
-    for image in size_samples:
-        counts.append(len(segmenter.contours(image)))
+    counts = [len(blob_shapes(segmenter.contours(image), segmenter.area_ths)) for image in size_samples]
     areas, lengths = segment_sample_frames(size_samples, params, background, roi)
     if areas.size == 0:
         raise ToxrtError(
@@ -87,11 +85,16 @@ class LiveTracker:
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self.linker = Linker(config.linking, setup.max_distance_px)
         self.identities = LiveIdentities(config.identity, setup.number_of_animals)
+        self.number_of_animals = setup.number_of_animals
         # The live identity of every fragment alive now, for positions predicted without a blob.
         self._fragment_identity: dict[int, tuple[int, float]] = {}
 
     def step(self, frame: Frame) -> FrameResult:
         blobs = self.segmenter.detect(frame.image)
+        if len(blobs) >= self.number_of_animals:
+            # Every animal has a blob of its own, so a large blob is a large animal, not a crossing
+            # (animals of very different sizes, such as a courting pair of spiders).
+            blobs.is_crossing[:] = False
         link = self.linker.update(blobs)
         blobs.is_crossing = link.is_crossing  # size-flagged or merged, as the linker decided
         identity, probability, events = self.identities.update(
@@ -167,6 +170,7 @@ def run_session(
     ends the loop early; everything tracked so far is still finished and written.
     """
     source = open_source(config)
+    writer = None
     try:
         setup = prepare(config, source)
         folder = session_folder(config)
@@ -191,7 +195,8 @@ def run_session(
                            interrupted=loop["interrupted"])
     finally:
         source.close()
-    writer.close()
+        if writer is not None:
+            writer.close()  # whatever happened, what was tracked reaches the disk
     summary = finish_session(folder, config, setup.number_of_animals)
     summary.update(loop)
     summary["stopped_early_at"] = source.stopped_early_at

@@ -18,6 +18,7 @@ the loader tolerates that too (a crop file shorter than the rows, a half-written
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import logging
@@ -120,7 +121,8 @@ class SessionWriter:
     event dicts; the writer reads them later, from its own thread, without copying.
     Frames must come in increasing frame_index order.
     If the queue is full the caller waits (counted in ``stats.stalls``): no frame is ever dropped.
-    Use as a context manager, or call ``close()``: frames after the last flush are lost otherwise.
+    Use as a context manager, or call ``close()``; an unclosed writer is closed when Python exits
+    normally (not on a kill, where at most the last flush interval is lost).
     """
 
     def __init__(
@@ -173,6 +175,7 @@ class SessionWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=cfg.queue_frames)
         self._thread = threading.Thread(target=self._run, name="toxrt-session-writer", daemon=True)
         self._thread.start()
+        atexit.register(self._close_at_exit)  # an unclosed writer still flushes when Python exits
 
     def _prepare_folder(self, overwrite: bool) -> None:
         folder = self.session_dir
@@ -199,6 +202,9 @@ class SessionWriter:
         if self.cfg.identification_images and blobs.crop.shape[1:] != (self._crop_size, self._crop_size):
             raise SessionError(f"identification images of shape {blobs.crop.shape[1:]} "
                                f"do not match identification_image_size {self._crop_size}")
+        if blobs.histogram.shape[1:] != (self._bins,):
+            raise SessionError(f"histograms of shape {blobs.histogram.shape[1:]} "
+                               f"do not match histogram_bins {self._bins}")
         item = ("frame", result)
         self._put(item)
         self.stats.frames_queued += 1
@@ -254,6 +260,7 @@ class SessionWriter:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._close_at_exit)
         if self._put_waiting(_STOP):
             self._thread.join()
         if self._crops_handle is not None:
@@ -264,6 +271,12 @@ class SessionWriter:
         log.info("session %s closed: %d frames, %d rows, %d chunks, max queue %d, %d stalls",
                  self.session_dir, self.stats.frames_written, self.stats.rows_written,
                  self.stats.chunks_written, self.stats.max_queue_depth, self.stats.stalls)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except SessionError as exc:
+            log.error("%s", exc)
 
     def __enter__(self) -> "SessionWriter":
         return self
@@ -321,8 +334,6 @@ class SessionWriter:
         rows = np.concatenate([blob_records(r) for r in frames])
         histogram = np.concatenate([r.blobs.histogram for r in frames]).astype(np.float16)
         hu = np.concatenate([r.blobs.hu for r in frames]).astype(np.float64)
-        if histogram.shape[1] != self._bins:
-            raise SessionError(f"histograms of {histogram.shape[1]} bins do not match histogram_bins {self._bins}")
         crop_offset = -1
         if self._crops_handle is not None:
             crop_offset = self._crop_rows

@@ -1,0 +1,187 @@
+"""Event markers from a stimulus program into the tracking session.
+
+The session binds a PULL socket (loopback by default, ``tcp://127.0.0.1:5557``); stimulus programs
+PUSH markers to it. A marker is one msgpack map or JSON object with at least ``label`` (a non-empty
+string), optionally ``t_sent`` (UNIX seconds, from the sender's clock) and ``payload`` (a map);
+any other top-level keys are folded into ``payload``. A background thread receives them and stamps
+each with its arrival time; the pipeline calls :meth:`MarkerReceiver.drain` once per frame and
+records what it gets at that frame. Malformed messages are counted in ``rejected``, never raised.
+
+Sending::
+
+    from toxrt.markers import MarkerSender
+    with MarkerSender("tcp://127.0.0.1:5557") as markers:
+        markers.send("stimulus_on", zone=2)
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from .errors import ToxrtError
+from .publish import bind_socket, check_format, decode, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MARKER_ADDRESS = "tcp://127.0.0.1:5557"
+_POLL_MS = 100  # how often the receiving thread checks for close()
+_MAX_MARKER_BYTES = 64 * 1024  # a marker is a label and a few values; bigger is a mistake
+
+
+def parse_marker(payload: bytes, t_arrival: float) -> dict:
+    """A received marker as ``{"label", "t_sent", "t_arrival", "payload"}``; ValueError if malformed.
+
+    ``t_sent`` is None when the sender gave none; ``t_arrival`` is this machine's UNIX time.
+    """
+    if len(payload) > _MAX_MARKER_BYTES:
+        raise ValueError(f"marker of {len(payload)} bytes is larger than {_MAX_MARKER_BYTES}")
+    message = decode(payload)
+    label = message.pop("label", None)
+    if not isinstance(label, str) or not label:
+        raise ValueError("a marker needs a non-empty string 'label'")
+    t_sent = message.pop("t_sent", None)
+    if t_sent is not None and (isinstance(t_sent, bool) or not isinstance(t_sent, (int, float))
+                               or not math.isfinite(t_sent)):
+        raise ValueError(f"t_sent must be a number of UNIX seconds, got {t_sent!r}")
+    payload_map = message.pop("payload", {})
+    if not isinstance(payload_map, dict):
+        raise ValueError(f"payload must be a map, got {type(payload_map).__name__}")
+    return {"label": label, "t_sent": None if t_sent is None else float(t_sent), "t_arrival": t_arrival,
+            "payload": {**message, **payload_map}}
+
+
+class MarkerReceiver:
+    """A bound PULL socket drained by a background thread into a bounded queue.
+
+    ``received`` counts accepted markers, ``rejected`` malformed ones, ``overflow`` markers lost
+    because ``drain()`` was not called for ``max_pending`` markers.
+    """
+
+    def __init__(self, address: str = DEFAULT_MARKER_ADDRESS, allow_remote: bool = False,
+                 max_pending: int = 10000, context: zmq.Context | None = None,
+                 key: str = "streaming.marker_address"):
+        self.address = address
+        self._context = context or zmq.Context.instance()
+        self._socket = self._context.socket(zmq.PULL)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, _MAX_MARKER_BYTES * 4)  # a huge frame drops the peer
+        try:
+            bind_socket(self._socket, address, allow_remote, key)
+        except ToxrtError:
+            self._socket.close(linger=0)
+            raise
+        self._pending: collections.deque[dict] = collections.deque()
+        self._max_pending = max_pending
+        self._lock = threading.Lock()
+        self.received = self.rejected = self.overflow = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="toxrt-markers", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if not self._socket.poll(_POLL_MS, zmq.POLLIN):
+                    continue
+                while True:
+                    try:
+                        parts = self._socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._accept(parts, time.time())
+        finally:
+            self._socket.close(linger=0)
+
+    def _accept(self, parts: list[bytes], t_arrival: float) -> None:
+        try:
+            if len(parts) != 1:
+                raise ValueError(f"expected one message frame, got {len(parts)}")
+            marker = parse_marker(parts[0], t_arrival)
+        except (ValueError, TypeError) as exc:
+            self.rejected += 1
+            log.warning("marker rejected (%d so far): %s", self.rejected, exc)
+            return
+        with self._lock:
+            if len(self._pending) >= self._max_pending:
+                self._pending.popleft()
+                self.overflow += 1
+            self._pending.append(marker)
+            self.received += 1
+
+    def drain(self) -> list[dict]:
+        """The markers that arrived since the last call, oldest first (cheap when there are none)."""
+        if not self._pending:
+            return []
+        with self._lock:
+            drained = list(self._pending)
+            self._pending.clear()
+        return drained
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> "MarkerReceiver":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MarkerSender:
+    """A PUSH socket connected to a session's marker address, for a stimulus program.
+
+    ``send`` stamps ``t_sent`` with ``time.time()`` and never blocks: a marker that cannot be queued
+    (no session for ``hwm`` markers) is counted in ``dropped`` and False is returned.
+    """
+
+    def __init__(self, address: str = DEFAULT_MARKER_ADDRESS, fmt: str = "msgpack", hwm: int = 1000,
+                 linger_s: float = 1.0, context: zmq.Context | None = None):
+        if "://" not in address:
+            raise ToxrtError(f"marker address {address!r} is not a ZeroMQ address (e.g. {DEFAULT_MARKER_ADDRESS})")
+        self.fmt = check_format(fmt, "marker format")
+        self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))  # lets the last markers go out on close
+        try:
+            self._socket.connect(address)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            raise ToxrtError(f"cannot connect to {address}: {exc.strerror}") from None
+        self.sent = self.dropped = 0
+
+    def send(self, label: str, t_sent: float | None = None, **payload: Any) -> bool:
+        """Send a marker; ``payload`` values must be plain (numbers, strings, lists, maps)."""
+        message = {"label": label, "t_sent": time.time() if t_sent is None else t_sent, "payload": payload}
+        try:
+            self._socket.send(encode(message, self.fmt), zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> "MarkerSender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def send_marker(address: str, label: str, **payload: Any) -> bool:
+    """Send one marker and close (waits up to 1 s for it to leave); for scripts that send few.
+
+    A program that sends many markers keeps a :class:`MarkerSender` open instead: connecting
+    costs a TCP handshake per marker.
+    """
+    with MarkerSender(address) as sender:
+        return sender.send(label, **payload)
