@@ -102,6 +102,22 @@ def test_heading_orients_the_body():
         assert spans[wide_axis] > 2 * spans[1 - wide_axis]
 
 
+def test_body_masks_are_the_rendered_pixels():
+    arena = SimulatedArena(CLEAN, 3)
+    for f in (0, 20, 40):
+        masks, origins = arena.body_masks(arena.positions[f], arena.headings[f])
+        for i in range(3):
+            image = arena.render(arena.positions[f, [i]], arena.headings[f, [i]], animals=[i])
+            expected = np.zeros(image.shape, bool)
+            k = masks.shape[1]
+            x, y = origins[i]
+            expected[y:y + k, x:x + k] = masks[i]
+            np.testing.assert_array_equal(_animal_pixels(arena, image), expected)
+            # The truth is the centre of mass of those pixels, up to rasterisation.
+            rows, cols = np.nonzero(expected)
+            np.testing.assert_allclose([cols.mean(), rows.mean()], arena.positions[f, i], atol=0.5)
+
+
 def test_isolated_animal_centroid_matches_truth():
     arena = SimulatedArena(SMALL, 4)  # with blur, noise and uneven light
     threshold = arena.tracking_parameters()["intensity_ths"]

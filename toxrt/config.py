@@ -73,6 +73,7 @@ class IdentityConfig:
     gauss_sigma: float = _opt(0.05, _positive, "positive")
     correlation_levels: int = _opt(20, lambda v: v >= 2, "2 or more")
     long_fragment_samples: int = _opt(50, _positive, "positive")
+    fusion_samples: int = _opt(12, _positive, "positive")
     min_correlation: float = _opt(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from itertools import groupby
 
+import numba
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
@@ -85,6 +86,48 @@ def _pair_weights(corr: np.ndarray, table: np.ndarray) -> np.ndarray:
     np.clip(index, -1, levels - 1, out=index)
     index += 1
     return table[index.astype(np.int32)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_pairs(corr, code_a, code_b, offsets_a, offsets_b, table, max_shape):  # pragma: no cover - compiled
+    """Per group pair: sum of level weights and max correlation over the pairs passing the shape
+    filter; one pass over the (Ta, Tb) correlations with no temporaries."""
+    n_a, n_b = offsets_a.size - 1, offsets_b.size - 1
+    levels = table.size - 1
+    weight_sum = np.zeros((n_a, n_b))
+    amplitude = np.full((n_a, n_b), -np.inf)
+    for ga in range(n_a):
+        for i in range(offsets_a[ga], offsets_a[ga + 1]):
+            for gb in range(n_b):
+                acc = 0.0
+                best = amplitude[ga, gb]
+                for j in range(offsets_b[gb], offsets_b[gb + 1]):
+                    if max_shape > 0:
+                        diff = 0.0
+                        for h in range(code_a.shape[1]):
+                            diff += abs(code_a[i, h] - code_b[j, h])
+                        if diff > max_shape:
+                            continue
+                    r = corr[i, j]
+                    if r > best:
+                        best = r
+                    if r >= 0:
+                        level = int(r * levels)
+                        acc += table[min(level, levels - 1) + 1]
+                weight_sum[ga, gb] += acc
+                amplitude[ga, gb] = best
+    return weight_sum, amplitude
+
+
+def _similarity_batched(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
+                        zb: np.ndarray, cb: np.ndarray, offsets_b: np.ndarray,
+                        cfg: IdentityConfig, table: np.ndarray) -> np.ndarray:
+    """Same as :func:`_similarity_flat`, with the pair reduction compiled (the fusion's hot loop)."""
+    corr = za @ zb.T
+    weight_sum, amplitude = _reduce_pairs(corr, ca, cb, offsets_a.astype(np.int64), offsets_b.astype(np.int64),
+                                          table.astype(np.float64), float(cfg.max_shape_difference))
+    pairs = np.outer(np.diff(offsets_a), np.diff(offsets_b))
+    return np.maximum(amplitude, 0.0) * weight_sum / pairs
 
 
 def _similarity_flat(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
@@ -459,7 +502,7 @@ def _similarity_matrix(z: np.ndarray, code: np.ndarray, offsets: np.ndarray, cfg
         rows_fit = max(1, _MAX_PAIRS_PER_BLOCK // max(width, 1))
         last = max(first + 1, int(np.searchsorted(offsets, row0 + rows_fit, side="right")) - 1)
         last = min(last, n_frag)
-        block = _similarity_flat(z[row0:offsets[last]], code[row0:offsets[last]], offsets[first:last + 1] - row0,
+        block = _similarity_batched(z[row0:offsets[last]], code[row0:offsets[last]], offsets[first:last + 1] - row0,
                                  z[row0:], code[row0:], offsets[first:] - row0, cfg, table)
         sim[first:last, first:] = block
         sim[first:, first:last] = block.T
@@ -586,18 +629,19 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
 
     fragments: rows of ``FRAGMENT_RECORD_DTYPE``; samples: fragment id -> (histograms (k, bins),
     hu (k, 7)). Crossing fragments and fragments without samples are ignored; at most
-    ``fragment_samples`` evenly spaced samples of each fragment are compared.
+    ``fusion_samples`` evenly spaced samples of each fragment are compared.
 
     1. Sim between all fragments; P = Pearson correlation of their Sim rows; IdMatrix = P, with 1
        on the diagonal and 0 for coexisting fragments (overlapping [start, end]).
     2. Long fragments (``n_samples >= long_fragment_samples``) alive N at a time form complete
-       groups. The group whose shortest fragment is longest seeds identities 1..N; the others, best
-       first, are assigned by Hungarian on the identities' affinities (mean IdMatrix row of the
+       groups. The group whose shortest fragment is longest seeds identities 1..N (without any,
+       the best complete group of fragments of any length does); the other groups, best first,
+       are assigned by Hungarian on the identities' affinities (mean IdMatrix row of the
        fragments each identity holds).
     3. The remaining long, then all remaining fragments, greedily from the highest affinity down
        to ``min_correlation``, each assignment updating its identity's affinities. An identity never
-       takes a fragment coexisting with one it holds; without any complete group, identities are
-       opened in turn by fragments that match no open identity above ``min_correlation``.
+       takes a fragment coexisting with one it holds; if no N fragments ever coexist, identities
+       are opened in turn by fragments that match no open identity above ``min_correlation``.
     4. Identities are relabelled to agree best with the live identities of the records.
 
     Probability: the fragment's (left-out) affinity to its identity over the sum of its positive
@@ -616,7 +660,7 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
     if rows.size == 0:
         return {}
     ids, start, end = rows["fragment"], rows["start"], rows["end"]
-    z, code, offsets = _stack_samples(ids, samples, cfg.fragment_samples)
+    z, code, offsets = _stack_samples(ids, samples, cfg.fusion_samples)
     compared = np.diff(offsets)
     length = np.where(rows["n_samples"] > 0, rows["n_samples"], compared)
 
@@ -630,13 +674,15 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
     fusion = _Fusion(id_matrix, coexist, compared.astype(np.float64), n, cfg.min_correlation)
     long = length >= cfg.long_fragment_samples
     groups = _complete_groups(start, end, np.flatnonzero(long), n)
-    if groups:
-        quality = [int(length[g].min()) for g in groups]
-        order = np.argsort(quality, kind="stable")[::-1]
-        for identity, f in enumerate(groups[order[0]], start=1):
+    order = np.argsort([int(length[g].min()) for g in groups], kind="stable")[::-1]
+    # without a complete group of long fragments, seed from the best complete group of any length
+    seeds = [groups[order[0]]] if groups else _complete_groups(start, end, np.arange(ids.size), n)
+    if seeds:
+        seed = max(seeds, key=lambda g: int(length[g].min()))
+        for identity, f in enumerate(seed, start=1):
             fusion.assign(int(f), identity)
-        for g in order[1:]:
-            fusion.assign_group(groups[g])
+    for g in order[1:]:
+        fusion.assign_group(groups[g])
     fusion.assign_greedy(long)
     fusion.assign_greedy(np.ones(long.size, bool))
     logger.info("fusion: %d of %d fragments assigned, %d complete groups",

@@ -76,6 +76,7 @@ class MarkerReceiver:
         except ToxrtError:
             self._socket.close(linger=0)
             raise
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._pending: collections.deque[dict] = collections.deque()
         self._max_pending = max_pending
         self._lock = threading.Lock()

@@ -185,7 +185,7 @@ def bind_socket(socket: zmq.Socket, address: str, allow_remote: bool, key: str) 
         raise ToxrtError(f"{key}: {address} is reachable from other machines; bind 127.0.0.1 "
                          f"or set streaming.allow_remote = true to allow it")
     try:
-        socket.bind(address)
+        socket.bind(address)  # "tcp://127.0.0.1:*" picks a free port; read it from LAST_ENDPOINT
     except zmq.ZMQError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ToxrtError(f"{key}: {address}: port already in use (another toxrt session or program?)") from None
@@ -266,6 +266,7 @@ class Publisher:
         except ToxrtError:
             self._socket.close(linger=0)
             raise
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.seq = 0
         self.sent = 0
         self.dropped = 0

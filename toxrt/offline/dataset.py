@@ -210,17 +210,18 @@ class ImageLoader:
 
 
 def resize_batch(crops: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (k, s, s) -> uint8 (k, size, size) with area interpolation (channels-last chunks)."""
+    """uint8 (k, s, s) -> uint8 (k, size, size), area interpolation when shrinking.
+
+    One cv2.resize per image (~15 us at 40 px): OpenCV's area resize takes at most 4 channels, so
+    stacking images as channels is not an option.
+    """
     k, s, _ = crops.shape
     if s == size:
         return crops
     interp = cv2.INTER_AREA if size < s else cv2.INTER_LINEAR
     out = np.empty((k, size, size), np.uint8)
-    chunk = 500  # OpenCV resizes up to 512 channels in one call
-    for lo in range(0, k, chunk):
-        block = np.ascontiguousarray(crops[lo:lo + chunk].transpose(1, 2, 0))
-        resized = cv2.resize(block, (size, size), interpolation=interp)
-        out[lo:lo + chunk] = resized.reshape(size, size, -1).transpose(2, 0, 1)
+    for i in range(k):
+        out[i] = cv2.resize(crops[i], (size, size), interpolation=interp)
     return out
 
 

@@ -1,0 +1,100 @@
+"""Markers from a stimulus program into the session, over real sockets on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from toxrt.errors import ToxrtError
+from toxrt.markers import MarkerReceiver, MarkerSender, parse_marker
+
+ANY_PORT = "tcp://127.0.0.1:*"
+
+
+def drain_until(receiver: MarkerReceiver, count: int, timeout_s: float = 10.0, rejected: int = 0) -> list[dict]:
+    """Markers drained until ``count`` arrived and ``rejected`` were refused (bounded wait)."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while (len(got) < count or receiver.rejected < rejected) and time.monotonic() < deadline:
+        got.extend(receiver.drain())
+        time.sleep(0.01)
+    return got
+
+
+def test_parse_marker_fields_and_payload():
+    marker = parse_marker(msgpack.packb({"label": "on", "t_sent": 5, "payload": {"zone": 2}, "trial": 7}), 9.0)
+    assert marker == {"label": "on", "t_sent": 5.0, "t_arrival": 9.0, "payload": {"trial": 7, "zone": 2}}
+    marker = parse_marker(b'{"label": "off"}', 1.0)
+    assert marker == {"label": "off", "t_sent": None, "t_arrival": 1.0, "payload": {}}
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"\xc1garbage", b"[1, 2]", msgpack.packb({"t_sent": 1.0}), msgpack.packb({"label": ""}),
+    msgpack.packb({"label": 3}), json.dumps({"label": "x", "t_sent": "now"}).encode(),
+    msgpack.packb({"label": "x", "payload": [1]}), b"{" + b" " * 70000 + b"}",
+])
+def test_parse_marker_rejects_malformed(payload):
+    with pytest.raises(ValueError):
+        parse_marker(payload, 0.0)
+
+
+SENDER = r"""
+import sys
+from toxrt.markers import send_marker
+assert send_marker(sys.argv[1], "stimulus_on", zone=3, intensity=0.5)
+"""
+
+
+def test_markers_from_another_process_arrive_stamped():
+    with MarkerReceiver(ANY_PORT) as receiver:
+        before = time.time()
+        subprocess.run([sys.executable, "-c", SENDER, receiver.address], check=True, timeout=60)
+        (marker,) = drain_until(receiver, 1)
+    assert marker["label"] == "stimulus_on"
+    assert marker["payload"] == {"zone": 3, "intensity": 0.5}
+    assert before <= marker["t_sent"] <= marker["t_arrival"]  # one machine, one clock
+    assert receiver.received == 1 and receiver.rejected == 0
+
+
+def test_malformed_markers_are_counted_never_raised():
+    with MarkerReceiver(ANY_PORT) as receiver:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 1000)
+        raw.connect(receiver.address)
+        raw.send(b"\xc1not a marker")
+        raw.send(json.dumps({"no": "label"}).encode())
+        raw.send_multipart([b"two", b"frames"])
+        raw.send(json.dumps({"label": "fine", "t_sent": 1.0}).encode())  # JSON, as MATLAB would send
+        raw.close()
+        got = drain_until(receiver, 1, rejected=3)
+        assert [m["label"] for m in got] == ["fine"]
+        assert receiver.rejected == 3 and receiver.received == 1
+        assert receiver.drain() == []
+
+
+def test_sender_in_json_and_a_bounded_queue():
+    with MarkerReceiver(ANY_PORT, max_pending=3) as receiver:
+        with MarkerSender(receiver.address, fmt="json") as sender:
+            for k in range(5):
+                assert sender.send("tick", k=k)
+        deadline = time.monotonic() + 10
+        while receiver.received < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        got = receiver.drain()
+    assert [m["payload"]["k"] for m in got] == [2, 3, 4]  # the oldest are dropped, and counted
+    assert receiver.overflow == 2
+
+
+def test_bind_errors_are_one_line():
+    with pytest.raises(ToxrtError, match="allow_remote"):
+        MarkerReceiver("tcp://0.0.0.0:5557")
+    with MarkerReceiver(ANY_PORT) as receiver:
+        with pytest.raises(ToxrtError, match="already in use"):
+            MarkerReceiver(receiver.address)
+    with pytest.raises(ToxrtError, match="not a ZeroMQ address"):
+        MarkerSender("localhost:5557")

@@ -1,0 +1,136 @@
+"""End to end: refinement recovers scrambled identities of a synthetic session."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from toxrt.config import RecordingConfig  # noqa: E402
+from toxrt.errors import ConfigError, SessionError  # noqa: E402
+from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
+from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
+from toxrt.recording import SessionWriter  # noqa: E402
+from toxrt.types import Blobs, FrameResult  # noqa: E402
+
+from .test_offline_fake import FakeSession, make_fake_session  # noqa: E402
+
+FAST = dict(device="cpu", network="small", image_size=20, batch_pairs=64, max_batches=200, eval_every=20,
+            patience=4, silhouette_target=0.85, silhouette_images=600, threads=2, seed=0)
+
+
+def image_accuracy(result, session: FakeSession, identity: np.ndarray) -> float:
+    truth = np.array([session.truth[int(f)] for f in result.table.ids])
+    n = result.table.n_images
+    return float(n[identity == truth].sum() / n.sum())
+
+
+@pytest.fixture(scope="module")
+def fake() -> FakeSession:
+    return make_fake_session(n_frames=300, seed=1)
+
+
+@pytest.fixture(scope="module")
+def refined(fake, tmp_path_factory):
+    return refine(fake, RefineOptions(**FAST), checkpoint=tmp_path_factory.mktemp("ck") / "ck.pt",
+                  progress=False)
+
+
+def test_refinement_recovers_scrambled_identities(fake, refined):
+    live = image_accuracy(refined, fake, refined.table.live_identity)
+    assert live < 0.9  # the live labelling is scrambled
+    assert refined.status == "refined"
+    assert image_accuracy(refined, fake, refined.identity) >= 0.99
+    assert refined.silhouette > 0.8
+    assert refined.fraction_identified() == 1.0
+    fragments_changed, images_changed = refined.changes()
+    assert fragments_changed > 0 and images_changed > 0
+    assert 0.95 < refined.estimated_accuracy() <= 1.0
+    assert refined.batches < FAST["max_batches"]  # the silhouette rule stopped it
+
+
+def test_refined_coexisting_fragments_never_share_an_identity(refined):
+    a, b = refined.identity[refined.table.pairs[:, 0]], refined.identity[refined.table.pairs[:, 1]]
+    assert not ((a == b) & (a > 0)).any()
+
+
+def test_too_few_coexisting_fragments_keeps_live_identities(fake, caplog):
+    # one animal only is visible at a time: no fragment coexists with another
+    rows = fake.blobs["frame"] % 4 == fake.blobs["fragment"] % 4
+    lonely = make_fake_session(n_frames=120, seed=3)
+    keep = lonely.blobs["fragment"] % 4 == 0
+    lonely.blobs = lonely.blobs[keep]
+    lonely.images = lonely.images[keep]
+    lonely.fragments = lonely.fragments[lonely.fragments["fragment"] % 4 == 0]
+    assert rows.any()
+    result = refine(lonely, RefineOptions(**FAST), progress=False)
+    assert result.status == "kept_live"
+    np.testing.assert_array_equal(result.identity, result.table.live_identity)
+    assert any("too few coexisting fragments" in w for w in result.warnings)
+    assert any("connectivity" in w for w in result.warnings)
+
+
+def test_bad_options_and_input_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="network"):
+        RefineOptions(network="vgg")
+    with pytest.raises(SessionError, match="not a session folder"):
+        refine_session(tmp_path / "missing", RefineOptions(**FAST), progress=False)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "session.json").write_text(json.dumps({"format": "toxrt-session-0"}))
+    with pytest.raises(SessionError, match="format"):
+        refine_session(tmp_path / "old", RefineOptions(**FAST), progress=False)
+
+
+def write_as_session(fake: FakeSession, folder: Path) -> None:
+    """Record the fake session through the real SessionWriter, then write its live trajectories."""
+    meta = {"number_of_animals": 4, "frames_per_second": 25.0, "width": 500, "height": 500,
+            "body_length_px": 20.0, "video_paths": []}
+    size = fake.images.shape[1]
+    with SessionWriter(folder, RecordingConfig(), meta, 'trajectories_formats = ["npy"]\n', None, size, 4) as w:
+        for frame in range(fake.n_frames):
+            sel = np.flatnonzero(fake.blobs["frame"] == frame)
+            rows = fake.blobs[sel]
+            k = sel.size
+            blobs = Blobs(centroid=np.stack([rows["x"], rows["y"]], axis=1), area=rows["area"].astype(float),
+                          orientation=np.zeros(k), bbox=np.zeros((k, 4), np.int32), hu=np.zeros((k, 7)),
+                          histogram=np.full((k, 4), 0.25, np.float32), crop=fake.images[sel],
+                          is_crossing=rows["is_crossing"])
+            w.write_frame(FrameResult(frame, frame / 25.0, blobs, rows["fragment"].copy(),
+                                      rows["identity"].copy(), rows["probability"].copy(),
+                                      np.zeros(k, np.uint8)))
+    live = {int(r["fragment"]): (int(r["identity"]), 0.9) for r in fake.fragments if r["identity"] > 0}
+    traj, prob, status = assemble_trajectories(fake.blobs, live, fake.n_frames, 4, max_crossing_gap=10)
+    write_trajectories(folder / "trajectories", traj, prob, status, meta, ["npy"])
+
+
+def test_refine_session_writes_refined_and_keeps_live(fake, tmp_path):
+    folder = tmp_path / "session_fake"
+    write_as_session(fake, folder)
+    summary = refine_session(folder, RefineOptions(**FAST), progress=False)
+    out = folder / "trajectories"
+    assert (out / "trajectories_live.npy").exists() and (out / "trajectories.npy").exists()
+    refined = np.load(out / "trajectories.npy", allow_pickle=True).item()
+    live = np.load(out / "trajectories_live.npy", allow_pickle=True).item()
+    assert refined["trajectories"].shape == live["trajectories"].shape == (fake.n_frames, 4, 2)
+    assert refined["source"] == "toxrt-refined" and live["source"] != "toxrt-refined"
+    assert refined["silhouette_score"] == pytest.approx(summary.silhouette)
+    assert refined["fragment_connectivity"] == pytest.approx(summary.fragment_connectivity)
+    # positions of each true animal land on one identity column (the fake's x/y are per row)
+    frames, truth_cols = [], []
+    for row in fake.blobs[~fake.blobs["is_crossing"]]:
+        hit = np.flatnonzero(refined["trajectories"][row["frame"], :, 0] == row["x"])
+        if hit.size:
+            frames.append(fake.truth[int(row["fragment"])] == hit[0] + 1)
+            truth_cols.append(hit[0])
+    assert np.mean(frames) >= 0.99
+    assert summary.status == "refined" and summary.images_changed > 0
+    lines = "\n".join(summary.summary_lines())
+    assert "silhouette" in lines and "changed identity" in lines
+    assert json.loads((folder / "offline" / "refine_summary.json").read_text())["status"] == "refined"
+    # a second run resumes the finished checkpoint and keeps the first live file
+    again = refine_session(folder, RefineOptions(**FAST), progress=False)
+    assert again.resumed_from == summary.batches
+    assert np.load(out / "trajectories_live.npy", allow_pickle=True).item()["source"] == live["source"]
