@@ -405,7 +405,7 @@ class LiveIdentities:
         mask_a = np.arange(cfg.fragment_samples) < held[:, None]
         ref_held = np.minimum(self._ref_count[referenced], cfg.reference_samples)
         mask_b = np.arange(cfg.reference_samples) < ref_held[:, None]
-        sim[:, referenced] = _similarity_flat(
+        sim[:, referenced] = _similarity_batched(
             self._z[slots][mask_a], self._code[slots][mask_a], np.concatenate([[0], np.cumsum(held)]),
             self._ref_z[referenced][mask_b], self._ref_code[referenced][mask_b],
             np.concatenate([[0], np.cumsum(ref_held)]), cfg, self._table)

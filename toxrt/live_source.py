@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
@@ -35,6 +36,7 @@ DEFAULT_READ_TIMEOUT_S = 3.0
 DEFAULT_LIVE_FPS = 25.0  # when a camera or stream does not report its rate
 _WAKE_S = 0.2  # how often waiting threads look at the closed flag
 _MAX_EVENTS = 1000
+_DROP_EVENT_INTERVAL_S = 1.0  # frames_dropped events are grouped over this interval
 
 
 class Capture(Protocol):
@@ -106,6 +108,7 @@ class _ThreadedSource:
         self.delivered = 0  # frames handed to the consumer
         self.dropped = 0  # frames replaced in the slot before the consumer took them
         self._dropped_reported = 0
+        self._last_drop_event = -math.inf
         self._on_event = on_event
         self._events: collections.deque[dict] = collections.deque(maxlen=_MAX_EVENTS)
         self._slot: Frame | None = None
@@ -164,8 +167,13 @@ class _ThreadedSource:
             frame, self._slot = self._slot, None
             self.delivered += 1
             newly_dropped = self.dropped - self._dropped_reported
-            self._dropped_reported = self.dropped
-        if newly_dropped:
+            now = time.monotonic()
+            # At most one event per interval: a consumer that is always behind would otherwise
+            # produce one per frame.
+            report = newly_dropped and now - self._last_drop_event >= _DROP_EVENT_INTERVAL_S
+            if report:
+                self._dropped_reported, self._last_drop_event = self.dropped, now
+        if report:
             self._event("frames_dropped", frame=frame.index, count=newly_dropped, total=self.dropped)
         return frame
 
@@ -351,6 +359,11 @@ class RealtimeSource(_ThreadedSource):
                 return
             index = item.index if isinstance(item, Frame) else k
             self._put(index, self._clock(), _grey(self._image(item)))
+
+    def sample(self, count: int) -> list[np.ndarray]:
+        """The inner source's own sample when it has one (spread over a file, nothing consumed)."""
+        inner_sample = getattr(self._inner, "sample", None)
+        return inner_sample(count) if callable(inner_sample) else super().sample(count)
 
     def close(self) -> None:
         super().close()

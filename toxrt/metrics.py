@@ -8,7 +8,8 @@ pair lies within one body length. With that mapping:
 * ``accuracy_solo``: the same, leaving out true points in a crossing;
 * ``detected``: share of true points with *any* prediction within one body length;
 * ``label_changes``: per true animal, how often the nearest predicted identity within one body
-  length changes from one matched frame to the next (frames without a match are skipped);
+  length changes from one matched solo frame to the next (frames without a match and frames in a
+  crossing are skipped);
 * IDF1, IDP, IDR, MOTA and CLEAR-MOT switches from ``motmetrics`` (Ristani et al. 2016,
   "Performance Measures and a Data Set for Multi-Target, Multi-Camera Tracking"), with one body
   length as the matching distance.
@@ -321,7 +322,8 @@ def evaluate(predicted: np.ndarray, truth: GroundTruth, body_length: float) -> E
 
     label_changes: dict[Label, int] = {}
     for j, label in enumerate(truth.ids):
-        seq = nearest[:, j][nearest[:, j] >= 0]
+        # Inside a crossing several identities stand on one blob, so "nearest" is arbitrary there.
+        seq = nearest[:, j][(nearest[:, j] >= 0) & solo[:, j]]
         label_changes[label] = int(np.count_nonzero(seq[1:] != seq[:-1]))
 
     mot = _motmetrics_summary(true, pred, truth.frames, bl2)
