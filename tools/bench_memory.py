@@ -1,0 +1,59 @@
+"""Memory of a long live session: resident memory after 1,000 frames and after 100,000.
+
+Runs the whole live session (segmentation, linking, live identities, recording to disk) on a
+simulated arena and reads the process's resident set size (VmRSS) at the checkpoints.
+
+    .venv/bin/python tools/bench_memory.py --animals 20 --frames 100000
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from toxrt.config import build_config
+from toxrt.pipeline import run_session
+from toxrt.synthetic import SimulatedArena
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--animals", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=100_000)
+    parser.add_argument("--first-checkpoint", type=int, default=1_000)
+    parser.add_argument("--out", default=None, help="session folder parent (default: a temporary folder)")
+    args = parser.parse_args()
+
+    out = args.out or tempfile.mkdtemp(prefix="toxrt_mem_")
+    values = {"name": "memory", "video_paths": ["sim:memory"], "number_of_animals": args.animals, "output_dir": out,
+              "sim": {"frames": args.frames, "width": 800, "height": 600, "body_length_px": 24, "seed": 7}}
+    arena = SimulatedArena(build_config(values).sim, args.animals)
+    config = build_config({**values, **arena.tracking_parameters()})
+    del arena
+    marks: dict[int, float] = {}
+    started = time.perf_counter()
+    checkpoints = sorted({args.first_checkpoint, args.frames // 4, args.frames // 2, 3 * args.frames // 4, args.frames})
+
+    def on_frame(result) -> None:
+        count = result.frame_index + 1
+        if count in checkpoints:
+            marks[count] = rss_mb()
+            print(f"frame {count:>7}: RSS {marks[count]:8.1f} MB  ({time.perf_counter() - started:6.0f} s)", flush=True)
+
+    summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+    first, last = marks[checkpoints[0]], marks[checkpoints[-1]]
+    print(f"{args.animals} animals, {summary['frames']} frames, session {summary['session']}")
+    print(f"RSS growth from frame {checkpoints[0]} to {checkpoints[-1]}: {last - first:+.1f} MB "
+          f"(target: at most +50 MB)")
+
+
+if __name__ == "__main__":
+    main()
