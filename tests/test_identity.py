@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.optimize import linear_sum_assignment
 
 from toxrt.config import IdentityConfig, build_config
 from toxrt.errors import ConfigError
@@ -345,7 +346,6 @@ def check_fusion(result: dict[int, tuple[int, float]], rows: np.ndarray, truth: 
     confusion = np.zeros((n, n))
     for f in assigned:
         confusion[result[f][0] - 1, truth[f]] += by_id[f]["n_samples"]
-    from scipy.optimize import linear_sum_assignment
     r, c = linear_sum_assignment(confusion, maximize=True)
     individual = sum(int(r_["n_samples"]) for r_ in rows if not r_["is_crossing"])
     return confusion[r, c].sum() / individual

@@ -119,11 +119,25 @@ def _reduce_pairs(corr, code_a, code_b, offsets_a, offsets_b, table, max_shape):
     return weight_sum, amplitude
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _row_products(za, zb):  # pragma: no cover - compiled
+    """za @ zb.T in one thread: the live loop's products are too small to pay for BLAS threads."""
+    out = np.empty((za.shape[0], zb.shape[0]), np.float32)
+    for i in range(za.shape[0]):
+        for j in range(zb.shape[0]):
+            acc = np.float32(0.0)
+            for k in range(za.shape[1]):
+                acc += za[i, k] * zb[j, k]
+            out[i, j] = acc
+    return out
+
+
 def _similarity_batched(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
                         zb: np.ndarray, cb: np.ndarray, offsets_b: np.ndarray,
-                        cfg: IdentityConfig, table: np.ndarray) -> np.ndarray:
-    """Same as :func:`_similarity_flat`, with the pair reduction compiled (the fusion's hot loop)."""
-    corr = za @ zb.T
+                        cfg: IdentityConfig, table: np.ndarray, small: bool = False) -> np.ndarray:
+    """Same as :func:`_similarity_flat`, with the pair reduction compiled (the hot loop of both the
+    live decisions and the fusion). ``small`` computes the correlations without BLAS."""
+    corr = _row_products(za, zb) if small else za @ zb.T
     weight_sum, amplitude = _reduce_pairs(corr, ca, cb, offsets_a.astype(np.int64), offsets_b.astype(np.int64),
                                           table.astype(np.float64), float(cfg.max_shape_difference))
     pairs = np.outer(np.diff(offsets_a), np.diff(offsets_b))
@@ -408,7 +422,7 @@ class LiveIdentities:
         sim[:, referenced] = _similarity_batched(
             self._z[slots][mask_a], self._code[slots][mask_a], np.concatenate([[0], np.cumsum(held)]),
             self._ref_z[referenced][mask_b], self._ref_code[referenced][mask_b],
-            np.concatenate([[0], np.cumsum(ref_held)]), cfg, self._table)
+            np.concatenate([[0], np.cumsum(ref_held)]), cfg, self._table, small=True)
         return sim
 
     def _assign(self, slots: np.ndarray, available: np.ndarray, sim: np.ndarray) -> np.ndarray:

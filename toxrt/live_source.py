@@ -291,13 +291,17 @@ def open_live_source(spec_or_config: Any, fps: float = 0.0, open_timeout_s: floa
                      read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
                      on_event: Callable[[dict], Any] | None = None, **reconnect: Any) -> CaptureSource:
     """A :class:`CaptureSource` for ``camera:N`` or a stream URL, or for a Config's single live
-    ``video_paths`` entry (its ``frames_per_second`` overrides the rate the device reports)."""
+    ``video_paths`` entry (its ``frames_per_second`` overrides the rate the device reports, and
+    ``streaming.source_timeout_s`` sets both timeouts)."""
     spec = spec_or_config
     if not isinstance(spec_or_config, str):
         paths = spec_or_config.video_paths
         if len(paths) != 1:
             raise SourceError(f"video_paths: a live source must be the only entry, got {paths!r}")
         spec, fps = paths[0], fps or spec_or_config.frames_per_second
+        streaming = getattr(spec_or_config, "streaming", None)
+        if streaming is not None:
+            open_timeout_s = read_timeout_s = streaming.source_timeout_s
     parse_live_spec(spec)
     return CaptureSource(lambda: open_capture(spec, open_timeout_s, read_timeout_s), spec, fps=fps,
                          on_event=on_event, **reconnect)
