@@ -116,16 +116,16 @@ def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint,
     assert summary.resumed_from == refined.batches
     out = folder / "trajectories"
     assert (out / "trajectories_live.npy").exists() and (out / "trajectories.npy").exists()
-    refined = np.load(out / "trajectories.npy", allow_pickle=True).item()
+    data = np.load(out / "trajectories.npy", allow_pickle=True).item()
     live = np.load(out / "trajectories_live.npy", allow_pickle=True).item()
-    assert refined["trajectories"].shape == live["trajectories"].shape == (fake.n_frames, 4, 2)
-    assert refined["source"] == "toxrt-refined" and live["source"] != "toxrt-refined"
-    assert refined["silhouette_score"] == pytest.approx(summary.silhouette)
-    assert refined["fragment_connectivity"] == pytest.approx(summary.fragment_connectivity)
+    assert data["trajectories"].shape == live["trajectories"].shape == (fake.n_frames, 4, 2)
+    assert data["source"] == "toxrt-refined" and live["source"] != "toxrt-refined"
+    assert data["silhouette_score"] == pytest.approx(summary.silhouette)
+    assert data["fragment_connectivity"] == pytest.approx(summary.fragment_connectivity)
     # positions of each true animal land on one identity column (the fake's x/y are per row)
     correct = []
     for row in fake.blobs[~fake.blobs["is_crossing"]]:
-        hit = np.flatnonzero(refined["trajectories"][row["frame"], :, 0] == row["x"])
+        hit = np.flatnonzero(data["trajectories"][row["frame"], :, 0] == row["x"])
         correct.append(hit.size == 1 and fake.truth[int(row["fragment"])] == hit[0] + 1)
     assert np.mean(correct) >= 0.99
     assert summary.status == "refined" and summary.images_changed > 0

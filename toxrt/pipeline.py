@@ -266,7 +266,7 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
     """End-of-session ToxId fusion over the recorded fragments, then the trajectory files."""
     session = load_session(folder)
     rng = np.random.default_rng(0)
-    samples = session.fragment_samples(config.identity.fragment_samples, rng)
+    samples = session.fragment_samples(config.identity.fusion_samples, rng)
     fused = fuse_fragments(session.fragments, samples, number_of_animals, config.identity)
     trajectories, probabilities, status = assemble_trajectories(
         session.blobs, fused, session.n_frames, number_of_animals,
