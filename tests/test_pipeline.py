@@ -7,15 +7,20 @@ import pytest
 
 from toxrt.config import build_config, load_config
 from toxrt.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
-from toxrt.pipeline import run_session
+from toxrt.session import run_session
 from toxrt.recording import load_session
 from toxrt.synthetic import SimulatedArena, write_simulation
 from toxrt.types import Status
 
 
+# Publish and take markers on free ports, so that tests never collide with a running toxrt.
+LOOPBACK_ANY_PORT = {"publish_address": "tcp://127.0.0.1:*", "marker_address": "tcp://127.0.0.1:*"}
+NO_STREAMING = {"streaming.publish_address": "", "streaming.marker_address": ""}
+
+
 def sim_config(tmp_path, animals=8, frames=300, **sim):
     values = {"name": "e2e", "video_paths": ["sim:e2e"], "number_of_animals": animals,
-              "output_dir": str(tmp_path), "sim": {"frames": frames, "seed": 3, **sim}}
+              "output_dir": str(tmp_path), "sim": {"frames": frames, "seed": 3, **sim}, "streaming": LOOPBACK_ANY_PORT}
     arena = SimulatedArena(build_config(values).sim, animals)
     return build_config({**values, **arena.tracking_parameters()}), arena
 
@@ -54,7 +59,8 @@ def test_track_a_video_file_from_the_command_line(tmp_path):
     sim = build_config({"sim": {"frames": 200, "seed": 5, "width": 320, "height": 240, "body_length_px": 20}}).sim
     paths = write_simulation(tmp_path / "arena", sim, 4)
     result = subprocess.run([sys.executable, "-m", "toxrt", "track", "--load", str(paths["params"]), "--quiet",
-                             "--trajectories_formats", '["npy", "csv", "h5"]'],
+                             "--trajectories_formats", '["npy", "csv", "h5"]',
+                             "--streaming.publish_address", "", "--streaming.marker_address", ""],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     session = tmp_path / "arena" / "session_simulation"
@@ -75,7 +81,7 @@ def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     video = paths["video"]
     data = video.read_bytes()
     video.write_bytes(data[: int(len(data) * 0.6)])
-    config = load_config(paths["params"], {"output_dir": str(tmp_path / "out")})
+    config = load_config(paths["params"], {"output_dir": str(tmp_path / "out"), **NO_STREAMING})
     summary = run_session(config, progress=False)
     assert summary["stopped_early_at"] is not None and 0 < summary["stopped_early_at"] < 120
     trajectories = np.load(tmp_path / "out" / "session_simulation" / "trajectories" / "trajectories.npy",
@@ -96,6 +102,7 @@ def test_frames_without_animals_are_normal(tmp_path):
             image = np.full_like(image, int(np.median(image)))  # nobody in view
         cv2.imwrite(str(folder / f"frame_{index + 1:06d}.png"), image)
     config = build_config({"video_paths": [str(folder / "frame_%06d.png")], "number_of_animals": 2,
-                           "output_dir": str(tmp_path), "frames_per_second": 25, **arena.tracking_parameters()})
+                           "output_dir": str(tmp_path), "frames_per_second": 25, **arena.tracking_parameters(),
+                           "streaming": LOOPBACK_ANY_PORT})
     summary = run_session(config, progress=False)
     assert summary["frames"] == 60 and summary["frame_errors"] == 0

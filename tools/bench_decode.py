@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 
 from toxrt.config import build_config, load_config
-from toxrt.pipeline import run_session
+from toxrt.session import run_session
 from toxrt.synthetic import write_simulation
 
 

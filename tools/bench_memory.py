@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from toxrt.config import build_config
-from toxrt.pipeline import run_session
+from toxrt.session import run_session
 from toxrt.synthetic import SimulatedArena
 
 

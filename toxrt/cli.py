@@ -16,6 +16,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -47,15 +49,38 @@ def _overrides(extra: list[str]) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
-    from .pipeline import summary_lines
+    from .session import summary_lines
 
     print("\n".join(summary_lines(summary)))
 
 
+def _stop_on_signals() -> None:
+    """Ctrl+C or SIGTERM: finish the session cleanly; a second one: exit at once.
+
+    The first signal raises KeyboardInterrupt wherever the loop is (also while it waits for a
+    camera), and the loop then finishes the session. The recording is flushed at least once per
+    second, so leaving at the second signal keeps everything but the last second.
+    """
+    received = 0
+
+    def handler(signum, frame):
+        nonlocal received
+        received += 1
+        if received > 1:
+            print("toxrt: stopped at once; the recording keeps what was flushed", file=sys.stderr)
+            os._exit(130)
+        print("toxrt: stopping; finishing the session (again to quit at once)", file=sys.stderr)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
-    from .pipeline import run_session
+    from .session import run_session
 
     config = load_config(args.load, _overrides(extra))
+    _stop_on_signals()
     summary = run_session(config, progress=not args.quiet, overwrite=args.overwrite)
     _print_summary(summary)
     return 0
@@ -65,7 +90,7 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     import numpy as np
 
     from .metrics import GroundTruth, evaluate, load_predicted
-    from .pipeline import run_session
+    from .session import run_session
     from .synthetic import SimulatedArena
 
     values = {

@@ -96,7 +96,9 @@ class FrameResult:
     # Individual fragments with no blob this frame, at their Kalman prediction.
     predicted_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # float64 (p, 2)
     predicted_identity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # int32 (p,)
-    # Crossing fragment id -> live identities of the animals known to be inside it.
+    predicted_probability: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 (p,)
+    predicted_fragment: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 (p,)
+    # Crossing fragment id -> [(identity, probability)] of the animals known to be inside it.
     crossing_identities: dict = field(default_factory=dict)
 
 
