@@ -53,6 +53,17 @@ def test_fragment_probabilities_are_means_per_fragment():
     np.testing.assert_allclose(assign.fragment_probabilities(p, np.array([2, 3])), [[0.5, 0.5], [0.4, 0.6]])
 
 
+def test_chunked_fragment_probabilities_equal_the_direct_ones():
+    rng = np.random.default_rng(1)
+    n_images = np.array([3, 1, 7, 2, 5])
+    z = rng.normal(0, 3, (n_images.sum(), 8))
+    centers = rng.normal(0, 3, (3, 8))
+    order = np.array([2, 0, 1])
+    direct = assign.fragment_probabilities(cluster.identity_probabilities(z, centers)[:, order], n_images)
+    chunked = assign.fragment_probabilities_chunked(z, centers, n_images, order, chunk=4)
+    np.testing.assert_allclose(chunked, direct)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_coexisting_fragments_never_share_an_identity(seed):
     rng = np.random.default_rng(seed)

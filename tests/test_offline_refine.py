@@ -19,7 +19,7 @@ from toxrt.types import Blobs, FrameResult  # noqa: E402
 from .test_offline_fake import FakeSession, make_fake_session  # noqa: E402
 
 FAST = dict(device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=150, eval_every=25,
-            patience=3, silhouette_target=0.85, silhouette_images=400, threads=2, seed=0)
+            patience=3, silhouette_target=0.85, silhouette_images=400, threads=1, seed=0)
 
 
 def image_accuracy(result, session: FakeSession, identity: np.ndarray) -> float:

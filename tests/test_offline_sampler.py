@@ -153,3 +153,13 @@ def test_check_session_rejects_bad_input():
     s.meta = {**s.meta, "identification_image_size": 20, "number_of_animals": 0}
     with pytest.raises(SessionError, match="number_of_animals"):
         check_session(s, "x")
+
+
+def test_importing_the_offline_entry_point_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, toxrt, toxrt.offline, toxrt.offline.refine, toxrt.offline.dataset, "
+            "toxrt.offline.sampler; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

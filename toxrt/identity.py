@@ -332,6 +332,7 @@ class LiveIdentities:
         self._identity = resized(None if first else self._identity, (), np.int32)
         self._prob = resized(None if first else self._prob, (), np.float32)
         self._next_revision = resized(None if first else self._next_revision, (), np.int64)
+        self._sim_row = resized(None if first else self._sim_row, (self._n,), np.float64)  # last Sim per identity
         self._in_use = resized(None if first else self._in_use, (), bool)
         self._free_slots.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity
@@ -347,6 +348,7 @@ class LiveIdentities:
             self._count[slot] = 0
             self._identity[slot] = 0
             self._prob[slot] = 0.0
+            self._sim_row[slot] = np.nan
             self._in_use[slot] = True
         return slot
 
@@ -398,16 +400,31 @@ class LiveIdentities:
         in_use, identity = self._in_use[:cap], self._identity[:cap]
         held = in_use & (identity > 0)
         revise = held & (self._next_revision[:cap] <= frame_index)
+        # Revisions of fragments decided together would fall due together and spike one frame's
+        # cost; at most an even share of them is revised per frame, the longest-waiting first.
+        budget = -(-int(held.sum()) // cfg.revision_interval_frames)
+        if revise.sum() > budget:
+            waiting = np.flatnonzero(revise)
+            keep = waiting[np.lexsort((self._frag_id[waiting], self._next_revision[waiting]))[:budget]]
+            revise[:] = False
+            revise[keep] = True
         pending = in_use & (identity == 0) & (self._count[:cap] >= cfg.decision_samples)
         if not revise.any() and not (pending.any() and held.sum() < self._n):
             return []
-        due = np.flatnonzero(revise | pending)
-        due = due[np.argsort(self._frag_id[due], kind="stable")]  # order of appearance
-        taken = identity[held & ~revise]
-        available = np.setdiff1d(np.arange(1, self._n + 1), taken)
-        sim = self._similarity_to_references(due)  # (D, N), nan where the reference is empty
-        new_identity = self._assign(due, available, sim)
-        return self._apply(frame_index, due, new_identity, sim)
+        # The holders not due now take part with their last similarities, so that a revision can
+        # swap identities with them (two animals that left a crossing with each other's names),
+        # while only the due fragments pay for fresh similarities. A holder whose last row predates
+        # a reference that exists now is refreshed as well.
+        partners = np.flatnonzero(held & ~revise)
+        stale = np.isnan(self._sim_row[partners][:, self._ref_count > 0]).any(axis=1)
+        fresh = np.flatnonzero(revise | pending)
+        fresh = np.concatenate([fresh, partners[stale]])
+        self._sim_row[fresh] = self._similarity_to_references(fresh)  # nan where a reference is empty
+        slots = np.concatenate([fresh, partners[~stale]])
+        slots = slots[np.argsort(self._frag_id[slots], kind="stable")]  # order of appearance
+        sim = self._sim_row[slots]
+        new_identity = self._assign(slots, np.arange(1, self._n + 1), sim)
+        return self._apply(frame_index, slots, new_identity, sim, refreshed=np.isin(slots, fresh))
 
     def _similarity_to_references(self, slots: np.ndarray) -> np.ndarray:
         cfg = self._cfg
@@ -455,7 +472,7 @@ class LiveIdentities:
         return result
 
     def _apply(self, frame_index: int, slots: np.ndarray, new_identity: np.ndarray,
-               sim: np.ndarray) -> list[IdentityEvent]:
+               sim: np.ndarray, refreshed: np.ndarray) -> list[IdentityEvent]:
         cfg = self._cfg
         evidence = np.nan_to_num(sim, nan=0.0)
         total_known = evidence.sum(axis=1)
@@ -471,7 +488,7 @@ class LiveIdentities:
         old_identity = self._identity[slots].copy()
         self._identity[slots] = new_identity
         self._prob[slots] = probability
-        self._next_revision[slots] = frame_index + cfg.revision_interval_frames
+        self._next_revision[slots[refreshed]] = frame_index + cfg.revision_interval_frames
         for r in np.flatnonzero(old_identity != new_identity):
             slot, new = int(slots[r]), int(new_identity[r])
             events.append(IdentityEvent(frame_index, int(self._frag_id[slot]), int(old_identity[r]), new,

@@ -30,6 +30,26 @@ def fragment_probabilities(image_probabilities: np.ndarray, n_images: np.ndarray
     return sums / np.maximum(n_images, 1)[:, None]
 
 
+def fragment_probabilities_chunked(embeddings: np.ndarray, centers: np.ndarray, n_images: np.ndarray,
+                                   column_order: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Like ``fragment_probabilities`` of ``cluster.identity_probabilities``, without ever holding
+    the (images, N) probabilities of a whole session: images are taken ``chunk`` at a time.
+
+    embeddings (R, d) grouped by fragment; centers (N, d); column_order (N,) reorders the columns
+    (cluster -> identity). Returns float64 (F, N).
+    """
+    from .cluster import identity_probabilities
+
+    owner = np.repeat(np.arange(n_images.shape[0]), n_images)
+    sums = np.zeros((n_images.shape[0], centers.shape[0]))
+    for lo in range(0, embeddings.shape[0], chunk):
+        p = identity_probabilities(embeddings[lo:lo + chunk], centers)[:, column_order]
+        f = owner[lo:lo + chunk]
+        starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])  # images of a fragment are contiguous
+        sums[f[starts]] += np.add.reduceat(p, starts, axis=0)
+    return sums / np.maximum(n_images, 1)[:, None]
+
+
 def align_clusters(cluster: np.ndarray, live: np.ndarray, k: int) -> np.ndarray:
     """int64 (k,): identity 1..k for each cluster, maximising the images whose live identity agrees.
 

@@ -242,8 +242,7 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
     # keep the live numbering: cluster j -> the live identity most of its images carry
     mapping = assign.align_clusters(labels, table.live_identity[frag_of_image], n)
     order = np.argsort(mapping)  # column i of the reordered probabilities is identity i + 1
-    p_image = cluster.identity_probabilities(z, centers)[:, order]
-    p1 = assign.fragment_probabilities(p_image, table.n_images)
+    p1 = assign.fragment_probabilities_chunked(z, centers, table.n_images, order)
     ptr, adj = table.neighbours()
     identity, probability = assign.assign_fragments(p1, table.n_images, ptr, adj, sets)
     conflicts = assign.shares_identity_with_coexisting(identity, table.pairs)
