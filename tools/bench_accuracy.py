@@ -75,9 +75,10 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("flies2_sleap", (Reference("groundtruth.csv", "human"),),
             body_length_why="engine estimate: the blobs are whole fly bodies (wings are darker, left out)"),
     Dataset("flies3_dreem", (Reference("groundtruth.csv", "human"),), body_length=80.0,
-            body_length_why="explicit 80 px (head to wing tip, measured on frame 30): the high threshold "
-                            "that separates touching flies keeps only head and thorax, so the engine's "
-                            "estimate is too short"),
+            body_length_why="explicit 80 px (a whole fly: at threshold 60 the isolated flies of frames 30 "
+                            "and 60 have equivalent-ellipse lengths of 79..97 px with wings): the threshold "
+                            "150 that separates touching flies keeps only head and thorax, so the engine's "
+                            "estimate (~59 px) is too short"),
     Dataset("spiders2_tracktor",
             (Reference("tracktor_output.csv", "tracktor"), Reference("idtracker_output.csv", "idtracker"),
              Reference("toxtrac_output_roi_coords.csv", "toxtrac", roi_coords=True)),

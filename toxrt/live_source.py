@@ -315,11 +315,16 @@ class RealtimeSource(_ThreadedSource):
     If the inner iterable is slower than ``fps``, frames go out as soon as they exist and the
     schedule restarts from there rather than bursting to catch up. ``clock`` and ``sleep`` are
     injectable for tests. ``close()`` also closes the inner source if it has ``close``.
+
+    The replay starts at construction, as a camera that is already running, unless ``autostart``
+    is False: then it starts with the first frame asked for (``start()`` or iteration), so that a
+    session's setup before its loop does not cost the first frames of a file.
     """
 
     def __init__(self, inner: Iterable[np.ndarray | Frame], fps: float,
                  on_event: Callable[[dict], Any] | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None):
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] | None = None,
+                 autostart: bool = True):
         if not fps > 0:
             raise SourceError(f"realtime replay needs a positive frame rate, got {fps!r}")
         description = f"real-time replay of {getattr(inner, 'description', type(inner).__name__)} at {fps:g} fps"
@@ -337,7 +342,17 @@ class RealtimeSource(_ThreadedSource):
             if self._first is None:
                 raise SourceError(f"{description}: the source delivered no frame")
             self.height, self.width = self._image(self._first).shape[:2]
-        self._start(self._replay, "toxrt-realtime")
+        if autostart:
+            self.start()
+
+    def start(self) -> None:
+        """Start the replay clock now (once; later calls do nothing)."""
+        if self._thread is None and not self._stop.is_set():
+            self._start(self._replay, "toxrt-realtime")
+
+    def next_frame(self, timeout_s: float | None = None) -> Frame | None:
+        self.start()
+        return super().next_frame(timeout_s)
 
     @staticmethod
     def _image(item: np.ndarray | Frame) -> np.ndarray:

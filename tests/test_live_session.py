@@ -1,0 +1,388 @@
+"""Live sessions over real sockets on loopback: subscribers and stimulus programs in other processes.
+
+Every peer here is a separate process (a Python subscriber, a closed-loop marker sender, ffmpeg,
+``toxrt track``), talking to the session through ZeroMQ or UDP on 127.0.0.1 and free ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from toxrt import session as session_module
+from toxrt.config import build_config, config_to_dict, load_config, to_toml
+from toxrt.publish import SCHEMA_VERSION, TOPIC_POS
+from toxrt.recording import load_session
+from toxrt.session import run_session
+from toxrt.streaming import STOP_MARKER, LiveLink
+from toxrt.synthetic import SimulatedArena, write_simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment", "x", "y", "heading",
+            "area", "status", "p"}
+
+# The peer process. Modes:
+#   collect ADDRESS             print every pos message (one JSON line each) until idle for IDLE_S
+#   stall ADDRESS               connect with tiny queues and never read, until stdin closes
+#   closed_loop ADDRESS MARKERS send a marker when the stream reaches each frame in PLAN, then stop
+# It prints "ready" once connect() is called; the connection itself is made when the session binds.
+PEER = r"""
+import json, sys, time, zmq
+from toxrt.markers import MarkerSender
+from toxrt.publish import decode
+mode, address = sys.argv[1], sys.argv[2]
+context = zmq.Context()
+sub = context.socket(zmq.SUB)
+sub.setsockopt(zmq.RECONNECT_IVL, 10)  # the session binds after we connect: retry quickly
+if mode == "stall":
+    sub.setsockopt(zmq.RCVHWM, 1)
+    sub.setsockopt(zmq.RCVBUF, 4096)
+sub.setsockopt(zmq.SUBSCRIBE, b"pos")
+sub.connect(address)
+print("ready", flush=True)
+if mode == "stall":
+    sys.stdin.read()
+    sys.exit(0)
+markers = MarkerSender(sys.argv[3]) if mode == "closed_loop" else None
+plan = json.loads(sys.argv[4]) if mode == "closed_loop" else []  # [[frame, label], ...]
+idle_s, got_first = 3.0, False
+while sub.poll(int(idle_s * 1000) if got_first else 20000):
+    topic, payload = sub.recv_multipart()
+    t_receive = time.time()
+    got_first = True
+    message = decode(payload)
+    message["t_receive"] = t_receive
+    message["topic"] = topic.decode()
+    print(json.dumps(message), flush=True)
+    while plan and message["frame"] >= plan[0][0]:
+        frame, label = plan.pop(0)
+        markers.send(label, trigger_frame=message["frame"], t_capture=message["t_capture"])
+if markers is not None:
+    markers.close()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Peer:
+    """A peer process running ``PEER``; ``ready`` is set once its subscriber is connecting (the
+    session binds later; ``WaitingLink`` waits for the subscription itself)."""
+
+    def __init__(self, *args: str):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen([sys.executable, "-c", PEER, *args], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.strip() == "ready":
+                self.ready.set()
+            else:
+                self.lines.append(line)
+
+    def messages(self, timeout_s: float = 30.0) -> list[dict]:
+        """Wait for the peer to end (it stops when the stream goes idle) and return what it got."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=timeout_s)
+        finally:
+            self.stop()
+        self._reader.join(timeout=5)
+        assert self.process.returncode == 0, self.process.stderr.read()
+        return [json.loads(line) for line in self.lines]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+class WaitingLink(LiveLink):
+    """The session's LiveLink, holding the loop until the peer's subscription reached the publisher,
+    so that the first frame's message is delivered too (ZeroMQ's slow joiner)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        assert self.publisher.wait_for_subscriber(TOPIC_POS, timeout_s=20), "no subscriber connected"
+
+
+def arena_config(tmp_path, frames: int, fps: float, animals: int = 8, width: int = 320, height: int = 240,
+                 **streaming):
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    markers = f"tcp://127.0.0.1:{free_port()}"
+    values = {"name": "live", "video_paths": ["sim:live"], "number_of_animals": animals,
+              "output_dir": str(tmp_path), "trajectories_formats": ["npy"],
+              "sim": {"frames": frames, "seed": 7, "width": width, "height": height, "fps": fps, "body_length_px": 20},
+              "streaming": {"realtime": True, "publish_address": pub, "marker_address": markers, **streaming}}
+    arena = SimulatedArena(build_config(values).sim, animals)
+    return build_config({**values, **arena.tracking_parameters()})
+
+
+def recorder():
+    """An on_frame hook recording (frame index, capture time, time the frame was done) per frame."""
+    frames: list[tuple[int, float, float]] = []
+
+    def on_frame(result):
+        frames.append((result.frame_index, result.time_s, time.time()))
+
+    return frames, on_frame
+
+
+def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path, monkeypatch):
+    config = arena_config(tmp_path, frames=100, fps=50.0)
+    peer = Peer("collect", config.streaming.publish_address)
+    try:
+        assert peer.ready.wait(20)
+        monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
+        tracked, on_frame = recorder()
+        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        messages = peer.messages()
+    finally:
+        peer.stop()
+    assert summary["frames"] == len(tracked) > 80 and summary["frames"] + summary["frames_dropped"] == 100
+    assert [m["topic"] for m in messages] == ["pos"] * len(tracked)
+    # Every tracked frame's message, in order, none missing: seq counts from 0, frames as tracked.
+    assert [m["seq"] for m in messages] == list(range(len(tracked)))
+    assert [m["frame"] for m in messages] == [f for f, _, _ in tracked]
+    frames = np.array([m["frame"] for m in messages])
+    assert np.all(np.diff(frames) >= 1)
+    for m, (_, t_capture, _) in zip(messages, tracked):
+        assert set(m) - {"t_receive", "topic"} == POS_KEYS and m["v"] == SCHEMA_VERSION
+        assert m["t_capture"] == pytest.approx(t_capture, abs=1e-6)  # the replay's capture time
+        assert m["t_capture"] <= m["t_publish"] <= m["t_receive"]
+        n = m["n"]
+        assert all(len(m[k]) == n for k in ("id", "fragment", "x", "y", "heading", "area", "status", "p"))
+        # An identity names one animal: at most one individual row (crossing rows list members).
+        identified = [i for i, status in zip(m["id"], m["status"]) if i > 0 and status != 2]
+        assert len(identified) == len(set(identified)) and set(identified) <= set(range(1, 9))
+        assert set(m["status"]) <= {0, 1, 2, 3}
+        assert all(0 <= x < 320 for x in m["x"]) and all(0 <= y < 240 for y in m["y"])
+    # Identities are decided live and reach the subscriber.
+    last = messages[-1]
+    assert sorted(i for i in last["id"] if i > 0) == list(range(1, 9))
+
+
+def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path, monkeypatch):
+    runs = {}
+    for stalled in (False, True):
+        config = arena_config(tmp_path / str(stalled), frames=150, fps=100.0, animals=20, width=480, height=360,
+                              publish_format="json", publish_hwm=2)
+        peer = Peer("stall", config.streaming.publish_address) if stalled else None
+        try:
+            if peer is not None:
+                assert peer.ready.wait(20)
+                monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
+            tracked, on_frame = recorder()
+            runs[stalled] = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+            # Capture -> tracked, published and queued for recording, per frame.
+            runs[stalled]["loop_ms_p50"] = float(np.median([done - cap for _, cap, done in tracked]) * 1e3)
+        finally:
+            if peer is not None:
+                peer.stop()
+    free, stalled = runs[False], runs[True]
+    assert stalled["frames"] + stalled["frames_dropped"] >= 140  # the whole replay went through
+    assert stalled["publish_dropped"] > 0 and free["publish_dropped"] == 0
+    # Loose on purpose (shared machine): the same work, not a slower engine.
+    assert stalled["step_ms_p50"] <= 2 * free["step_ms_p50"] + 1.0
+    assert stalled["loop_ms_p50"] <= 2 * free["loop_ms_p50"] + 1.0
+    assert stalled["frames_dropped"] <= 2 * free["frames_dropped"] + 5
+
+
+def test_markers_from_a_stimulus_process_are_recorded_and_a_stop_marker_ends_the_run(tmp_path, monkeypatch):
+    config = arena_config(tmp_path, frames=500, fps=50.0)
+    plan = [[10, "stimulus_on"], [20, "stimulus_off"], [30, STOP_MARKER]]
+    peer = Peer("closed_loop", config.streaming.publish_address, config.streaming.marker_address, json.dumps(plan))
+    try:
+        assert peer.ready.wait(20)
+        monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
+        tracked, on_frame = recorder()
+        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        peer.messages()
+    finally:
+        peer.stop()
+    assert summary["interrupted"] and summary["frames"] < 200  # the stop marker ended the replay early
+    assert summary["markers_received"] == 3 and summary["markers_rejected"] == 0
+    session = load_session(summary["session"])
+    assert session.meta["complete"]
+    trajectories = np.load(Path(summary["session"]) / "trajectories" / "trajectories.npy", allow_pickle=True).item()
+    assert trajectories["trajectories"].shape[1:] == (8, 2) and len(trajectories["trajectories"]) > tracked[-1][0]
+    markers = [e for e in session.events if e["type"] == "marker"]
+    assert [m["label"] for m in markers] == [label for _, label in plan]
+    done = {f: t for f, _, t in tracked}
+    order = [f for f, _, _ in tracked]
+    for marker, (planned, _) in zip(markers, plan):
+        trigger, frame = marker["payload"]["trigger_frame"], marker["frame"]
+        assert trigger >= planned and frame > trigger  # sent after seeing a frame, recorded later
+        # Recorded at the frame being tracked when it arrived: after the previous frame was captured,
+        # before this frame was done.
+        previous = order[order.index(frame) - 1]
+        assert tracked[order.index(previous)][1] <= marker["t_arrival"] <= done[frame]
+        assert marker["t_sent"] <= marker["t_arrival"]
+    assert tracked[-1][0] == markers[-1]["frame"]  # the stop marker's frame is the last one tracked
+
+
+# ---------------------------------------------------------------------------------------------
+# A real streaming peer: ffmpeg sending MPEG-TS over UDP
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def simulated_video(tmp_path_factory):
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    folder = tmp_path_factory.mktemp("udp_arena")
+    sim = build_config({"sim": {"frames": 100, "seed": 11, "width": 320, "height": 240, "fps": 50,
+                                "body_length_px": 20}}).sim
+    return write_simulation(folder, sim, 4)
+
+
+def ffmpeg_udp(video: Path, port: int) -> subprocess.Popen:
+    """Stream ``video`` in a loop at its frame rate to udp://127.0.0.1:port (MPEG-4 in MPEG-TS)."""
+    return subprocess.Popen(
+        ["ffmpeg", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1", "-i", str(video),
+         "-c:v", "mpeg4", "-q:v", "3", "-g", "10", "-f", "mpegts", f"udp://127.0.0.1:{port}?pkt_size=1316"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def udp_config(paths: dict, port: int, tmp_path: Path):
+    config = load_config(paths["params"])
+    values = config_to_dict(config)
+    values.update(video_paths=[f"udp://127.0.0.1:{port}"], output_dir=str(tmp_path), name="udp",
+                  trajectories_formats=["npy"], frames_per_second=50.0)
+    values["streaming"] = {"publish_address": f"tcp://127.0.0.1:{free_port()}",
+                           "marker_address": f"tcp://127.0.0.1:{free_port()}", "source_timeout_s": 1.0}
+    return build_config(values)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_udp_stream_from_ffmpeg_is_tracked_live(simulated_video, tmp_path):
+    port = free_udp_port()
+    config = udp_config(simulated_video, port, tmp_path)
+    streamer = ffmpeg_udp(simulated_video["video"], port)
+    peer = Peer("collect", config.streaming.publish_address)
+    finished = threading.Event()
+    tracked = []
+
+    def on_frame(result):
+        tracked.append(result)
+        if len(tracked) >= 40:
+            finished.set()
+
+    try:
+        assert peer.ready.wait(20)
+        summary = run_session(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
+        received = peer.messages()
+    finally:
+        stop(streamer)
+        peer.stop()
+    assert summary["frames"] == 40 and summary["interrupted"]
+    assert (summary["number_of_animals"], summary["fragments"] > 0) == (4, True)
+    assert summary["individual_blobs_per_frame"] > 2.5  # the animals are found in the decoded stream
+    assert Path(summary["session"], "trajectories", "trajectories.npy").is_file()
+    # Live capture times: UNIX seconds at grab, increasing.
+    times = np.array([r.time_s for r in tracked])
+    assert np.all(np.diff(times) > 0) and abs(times[-1] - time.time()) < 60
+    # Another process received identified positions while the stream was tracked.
+    assert received and any(i > 0 for m in received for i in m["id"])
+
+
+def test_a_udp_stream_that_stops_and_restarts_is_reconnected(simulated_video, tmp_path):
+    port = free_udp_port()
+    config = udp_config(simulated_video, port, tmp_path)
+    streamers = [ffmpeg_udp(simulated_video["video"], port)]
+    finished = threading.Event()
+    state = {"count": 0, "restarted_at": None}
+
+    def restart() -> None:
+        time.sleep(1.5)  # longer than source_timeout_s: the session must notice the loss
+        state["restarted_at"] = time.time()
+        streamers.append(ffmpeg_udp(simulated_video["video"], port))
+
+    def on_frame(result):
+        state["count"] += 1
+        if state["count"] == 20:
+            stop(streamers[0])
+            threading.Thread(target=restart, daemon=True).start()
+        restarted = state["restarted_at"]
+        if restarted is not None and result.time_s > restarted:
+            state["after"] = state.get("after", 0) + 1
+            if state["after"] >= 20:
+                finished.set()
+
+    try:
+        summary = run_session(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
+    finally:
+        for streamer in streamers:
+            stop(streamer)
+    assert state.get("after", 0) >= 20  # frames of the second stream were tracked
+    events = load_session(summary["session"]).events
+    kinds = [e["type"] for e in events if e["type"] in ("source_lost", "source_regained")]
+    assert kinds[:2] == ["source_lost", "source_regained"]
+    regained = next(e for e in events if e["type"] == "source_regained")
+    assert regained["down_s"] > 1.0 and regained["source"] == f"udp://127.0.0.1:{port}"
+    assert Path(summary["session"], "trajectories", "trajectories.npy").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# toxrt track as a program
+# ---------------------------------------------------------------------------------------------
+
+def test_toxrt_track_stops_cleanly_on_sigterm(tmp_path):
+    config = arena_config(tmp_path, frames=30000, fps=50.0)  # ten minutes: it must be stopped
+    params = tmp_path / "params.toml"
+    params.write_text(to_toml(config_to_dict(config)))
+    peer = Peer("collect", config.streaming.publish_address)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    track = subprocess.Popen([sys.executable, "-m", "toxrt", "track", "--load", str(params), "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert peer.ready.wait(20)
+        deadline = time.monotonic() + 30
+        while len(peer.lines) < 10 and time.monotonic() < deadline and track.poll() is None:
+            time.sleep(0.05)  # tracking (and publishing) is under way
+        assert len(peer.lines) >= 10, track.stderr.read() if track.poll() is not None else "no positions"
+        track.send_signal(signal.SIGTERM)
+        out, err = track.communicate(timeout=60)
+    finally:
+        stop(track)
+        peer.stop()
+    assert track.returncode == 0, err
+    assert "stopping; finishing the session" in err
+    session_dir = tmp_path / "session_live"
+    meta = json.loads((session_dir / "session.json").read_text())
+    assert meta["complete"] and meta["summary"]["interrupted"]
+    assert 10 <= meta["summary"]["frames"] < 30000
+    assert (session_dir / "trajectories" / "trajectories.npy").is_file()
+    assert str(session_dir / "trajectories") in out
