@@ -394,3 +394,24 @@ def test_fusion_keeps_live_labels_and_skips_crossings():
     assert np.median([p for _, p in result.values()]) > 0.5
     assert fuse_fragments(rows, samples, 0, cfg) == {}
     assert fuse_fragments(rows[:0], samples, n, cfg) == {}
+
+
+def test_fusion_gives_weak_fragments_a_free_identity_rather_than_none():
+    """Two short fragments after a merge match nothing well, yet both get (distinct) identities."""
+    rng = np.random.default_rng(21)
+    n = 3
+    app = make_appearance(n, rng)
+    rows = np.zeros(5, FRAGMENT_RECORD_DTYPE)
+    # fragments 0, 1, 2: the three animals together for 100 frames; 3 and 4: two short pieces later
+    for f, (start, end) in enumerate([(0, 99), (0, 99), (0, 99), (110, 113), (110, 113)]):
+        rows[f] = (f, start, end, end - start + 1, False, 0)
+    samples = {}
+    for f in range(3):
+        hist, hu = zip(*(app.sample(f, rng) for _ in range(20)))
+        samples[f] = (np.concatenate(hist), np.concatenate(hu))
+    bins = samples[0][0].shape[1]
+    for f in (3, 4):  # flat, featureless samples: they correlate with nothing
+        samples[f] = (np.full((4, bins), 1.0 / bins, np.float32), np.ones((4, 7)))
+    result = fuse_fragments(rows, samples, n, IdentityConfig())
+    assert {0, 1, 2, 3, 4} <= set(result)
+    assert result[3][0] != result[4][0]

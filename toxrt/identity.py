@@ -563,6 +563,25 @@ def _complete_groups(start: np.ndarray, end: np.ndarray, candidates: np.ndarray,
     return [np.array(g, np.intp) for g in groups]
 
 
+def _largest_group(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """The largest set of candidate fragments alive together (ties: the longest shortest fragment)."""
+    events = sorted([(int(start[i]), 1, i) for i in candidates] + [(int(end[i]) + 1, -1, i) for i in candidates])
+    alive: set[int] = set()
+    best: tuple[int, int] = (0, 0)
+    group = np.zeros(0, np.intp)
+    for _, at_time in groupby(events, key=lambda e: e[0]):
+        for _, change, i in at_time:
+            if change > 0:
+                alive.add(i)
+            else:
+                alive.discard(i)
+        if alive:
+            key = (len(alive), int(min(length[i] for i in alive)))
+            if key > best:
+                best, group = key, np.array(sorted(alive), np.intp)
+    return group
+
+
 class _Fusion:
     """Identity models over fragments: each identity's affinity to a fragment is the sample-weighted
     mean IdMatrix row of the fragments it holds, and it is blocked from fragments coexisting with them."""
@@ -615,7 +634,7 @@ class _Fusion:
         while True:
             best = int(np.argmax(score))
             i, f = divmod(best, n_frag)
-            if not score[i, f] >= self.min_correlation:
+            if not (np.isfinite(score[i, f]) and score[i, f] >= self.min_correlation):
                 return
             self.assign(f, i + 1)
             open_[f] = False
@@ -623,6 +642,15 @@ class _Fusion:
             row = self.scores(i)
             row[~open_] = -np.inf
             score[i] = row
+
+    def assign_rest(self) -> None:
+        """Every fragment still unassigned that some identity can take, best affinity first, however
+        low: a position with a doubtful identity (and a low probability) beats no position."""
+        threshold, self.min_correlation = self.min_correlation, -np.inf
+        try:
+            self.assign_greedy(np.ones(self.identity.size, bool))
+        finally:
+            self.min_correlation = threshold
 
     def probability(self) -> np.ndarray:
         """Share of the chosen identity in the positive affinities, each fragment left out of its own
@@ -666,13 +694,16 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
        on the diagonal and 0 for coexisting fragments (overlapping [start, end]).
     2. Long fragments (``n_samples >= long_fragment_samples``) alive N at a time form complete
        groups. The group whose shortest fragment is longest seeds identities 1..N (without any,
-       the best complete group of fragments of any length does); the other groups, best first,
-       are assigned by Hungarian on the identities' affinities (mean IdMatrix row of the
-       fragments each identity holds).
+       the best complete group of fragments of any length does, and without that the largest
+       set of long fragments alive together); the other groups, best first, are assigned by
+       Hungarian on the identities' affinities (mean IdMatrix row of the fragments each identity
+       holds).
     3. The remaining long, then all remaining fragments, greedily from the highest affinity down
        to ``min_correlation``, each assignment updating its identity's affinities. An identity never
-       takes a fragment coexisting with one it holds; if no N fragments ever coexist, identities
-       are opened in turn by fragments that match no open identity above ``min_correlation``.
+       takes a fragment coexisting with one it holds; identities left without fragments are
+       opened in turn by fragments that match no open identity above ``min_correlation``.
+       Last, fragments still unassigned take the best identity free for them, however weak (their
+       probability says so): a doubtful identity is more use than a missing position.
     4. Identities are relabelled to agree best with the live identities of the records.
 
     Probability: the fragment's (left-out) affinity to its identity over the sum of its positive
@@ -706,16 +737,22 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
     long = length >= cfg.long_fragment_samples
     groups = _complete_groups(start, end, np.flatnonzero(long), n)
     order = np.argsort([int(length[g].min()) for g in groups], kind="stable")[::-1]
-    # without a complete group of long fragments, seed from the best complete group of any length
-    seeds = [groups[order[0]]] if groups else _complete_groups(start, end, np.arange(ids.size), n)
-    if seeds:
-        seed = max(seeds, key=lambda g: int(length[g].min()))
-        for identity, f in enumerate(seed, start=1):
-            fusion.assign(int(f), identity)
+    if groups:
+        seed = groups[order[0]]
+    else:
+        # Without a complete group of long fragments, seed from the complete group of any length
+        # whose shortest fragment is longest; without any (animals that leave the view), from the
+        # largest set of long fragments alive together: its identities are certain to differ.
+        complete = _complete_groups(start, end, np.arange(ids.size), n)
+        seed = (max(complete, key=lambda g: int(length[g].min())) if complete
+                else _largest_group(start, end, np.flatnonzero(long), length))
+    for identity, f in enumerate(seed, start=1):
+        fusion.assign(int(f), identity)
     for g in order[1:]:
         fusion.assign_group(groups[g])
     fusion.assign_greedy(long)
     fusion.assign_greedy(np.ones(long.size, bool))
+    fusion.assign_rest()
     logger.info("fusion: %d of %d fragments assigned, %d complete groups",
                 int((fusion.identity > 0).sum()), ids.size, len(groups))
 

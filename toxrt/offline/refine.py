@@ -195,8 +195,7 @@ class RefineSummary:
 def refine(session: SessionLike, options: RefineOptions, where: str = "session",
            checkpoint: Path | None = None, progress: bool = True) -> RefineResult:
     """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint."""
-    import torch  # the live stage never imports torch; this module is only loaded for ``refine``
-
+    # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
     from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
 
     n = check_session(session, where)
