@@ -10,7 +10,9 @@ from scipy.optimize import linear_sum_assignment
 
 from toxrt.config import IdentityConfig, build_config
 from toxrt.errors import ConfigError
-from toxrt.identity import LiveIdentities, _complete_groups, _similarity_matrix, _stack_samples, fragment_similarity, fuse_fragments
+from toxrt.fusion import _complete_groups, _similarity_matrix, _stack_samples, fuse_fragments
+from toxrt.identity import LiveIdentities
+from toxrt.similarity import fragment_similarity
 from toxrt.types import FRAGMENT_RECORD_DTYPE, IdentityEvent
 
 BINS = 32

@@ -176,8 +176,8 @@ def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path
         assert m["t_capture"] <= m["t_publish"] <= m["t_receive"]
         n = m["n"]
         assert all(len(m[k]) == n for k in ("id", "fragment", "x", "y", "heading", "area", "status", "p"))
-        # An identity names one animal: at most one individual row (crossing rows list members).
-        identified = [i for i, status in zip(m["id"], m["status"]) if i > 0 and status != 2]
+        # An identity names one animal: it appears once per message at most.
+        identified = [i for i in m["id"] if i > 0]
         assert len(identified) == len(set(identified)) and set(identified) <= set(range(1, 9))
         assert set(m["status"]) <= {0, 1, 2, 3}
         assert all(0 <= x < 320 for x in m["x"]) and all(0 <= y < 240 for y in m["y"])
@@ -187,11 +187,14 @@ def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path
 
 
 def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path, monkeypatch):
+    # Over an ipc:// socket: loopback TCP buffers absorb about 3 MB before the high-water mark is
+    # reached, a Unix socket's about 200 KB, so that a short run overflows the stalled queue.
     runs = {}
     for stalled in (False, True):
-        config = arena_config(tmp_path / str(stalled), frames=150, fps=100.0, animals=20, width=480, height=360,
-                              publish_format="json", publish_hwm=2)
-        peer = Peer("stall", config.streaming.publish_address) if stalled else None
+        address = f"ipc://{tmp_path}/pub_{int(stalled)}.sock"
+        config = arena_config(tmp_path / str(stalled), frames=200, fps=100.0, animals=20, width=480, height=360,
+                              publish_address=address, publish_format="json", publish_hwm=2)
+        peer = Peer("stall", address) if stalled else None
         try:
             if peer is not None:
                 assert peer.ready.wait(20)
@@ -204,7 +207,7 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path, monkey
             if peer is not None:
                 peer.stop()
     free, stalled = runs[False], runs[True]
-    assert stalled["frames"] + stalled["frames_dropped"] >= 140  # the whole replay went through
+    assert stalled["frames"] + stalled["frames_dropped"] == 200  # the whole replay went through
     assert stalled["publish_dropped"] > 0 and free["publish_dropped"] == 0
     # Loose on purpose (shared machine): the same work, not a slower engine.
     assert stalled["step_ms_p50"] <= 2 * free["step_ms_p50"] + 1.0

@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
-from .identity import fuse_fragments
+from .fusion import fuse_fragments
 from .output import assemble_trajectories, write_trajectories
 from .pipeline import LiveTracker, prepare
 from .recording import SessionWriter, event_to_dict, load_session

@@ -26,14 +26,20 @@ def animal_arrays(result: FrameResult) -> dict[str, np.ndarray]:
     Individual blobs as they are (identity 0 while undecided); a crossing blob once for each
     identity known to be inside it (status crossing), or once with identity 0 when none is known;
     animals without a blob this frame at their predicted position (status predicted, area 0).
+    An identity held by an individual blob is left out of the crossings' members, so that no
+    message places one identity twice (a crossing's member list can lag behind the live
+    identities when an animal leaves it as a new fragment).
     """
     blobs = result.blobs
     individual = np.flatnonzero(~blobs.is_crossing)
     rows = [individual]
     ids = [result.identity[individual]]
     probabilities = [result.probability[individual]]
-    for j in np.flatnonzero(blobs.is_crossing):
-        members = result.crossing_identities.get(int(result.fragment[j])) or [(0, 0.0)]
+    crossings = np.flatnonzero(blobs.is_crossing)
+    placed = set(ids[0][ids[0] > 0].tolist()) if crossings.size else set()
+    for j in crossings:
+        members = [m for m in result.crossing_identities.get(int(result.fragment[j]), ()) if m[0] not in placed]
+        members = members or [(0, 0.0)]
         rows.append(np.full(len(members), j))
         ids.append(np.array([m[0] for m in members], np.int32))
         probabilities.append(np.array([m[1] for m in members], np.float32))
