@@ -21,6 +21,7 @@ import pytest
 
 from toxrt import session as session_module
 from toxrt.config import build_config, config_to_dict, load_config, to_toml
+from toxrt.live_source import RealtimeSource
 from toxrt.publish import SCHEMA_VERSION, TOPIC_POS
 from toxrt.recording import load_session
 from toxrt.session import run_session
@@ -150,6 +151,19 @@ def recorder():
         frames.append((result.frame_index, result.time_s, time.time()))
 
     return frames, on_frame
+
+
+def test_a_replay_that_is_not_autostarted_waits_for_its_first_frame_to_be_asked_for():
+    # What a session needs so that its setup (background, writer, sockets) costs no frame of a file.
+    images = [np.full((4, 4), k, np.uint8) for k in range(5)]
+    source = RealtimeSource(images, fps=2.0, autostart=False)  # frame 1 is due half a second after 0
+    try:
+        time.sleep(0.05)  # an autostarted replay would have released frame 0 by now
+        assert source.grabbed == 0 and source.dropped == 0
+        first = source.next_frame(timeout_s=5)
+        assert first is not None and first.index == 0 and int(first.image[0, 0]) == 0
+    finally:
+        source.close()
 
 
 def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path, monkeypatch):

@@ -38,6 +38,7 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
     images = [image for _, image in source.arena.frames()]
     tracker = LiveTracker(config, setup)
     times = np.empty(len(images))
+    stages = np.empty((len(images), 3))  # segmentation, linking, identities (stage by stage)
     found = 0
     for index, image in enumerate(images):
         frame = Frame(index, index / source.fps, image)
@@ -45,8 +46,20 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
         result = tracker.step(frame)
         times[index] = time.perf_counter() - t0
         found += len(result.blobs)
+    stage_tracker = LiveTracker(config, setup)
+    for index, image in enumerate(images):
+        t0 = time.perf_counter()
+        blobs = stage_tracker.segmenter.detect(image)
+        t1 = time.perf_counter()
+        link = stage_tracker.linker.update(blobs)
+        t2 = time.perf_counter()
+        stage_tracker.identities.update(index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended)
+        stages[index] = (t1 - t0, t2 - t1, time.perf_counter() - t2)
     ms = times[warmup:] * 1e3
+    stage_ms = stages[warmup:] * 1e3
     return {
+        "stages": {name: (np.percentile(stage_ms[:, i], 50), np.percentile(stage_ms[:, i], 99))
+                   for i, name in enumerate(("segmentation", "linking", "identities"))},
         "size": size_name,
         "animals": animals,
         "frames": len(ms),
@@ -76,6 +89,8 @@ def main() -> None:
         r = bench(size, args.animals, args.frames, args.body_length, args.warmup)
         print(f"{r['size']:>6} {r['animals']} animals, {r['frames']} frames, {r['blobs_per_frame']:.1f} blobs/frame: "
               f"p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f} ms  p99 {r['p99']:.2f} ms  max {r['max']:.2f} ms")
+        print("        stage by stage (p50 / p99): " + ", ".join(
+            f"{name} {p50:.2f} / {p99:.2f} ms" for name, (p50, p99) in r["stages"].items()))
 
 
 if __name__ == "__main__":
