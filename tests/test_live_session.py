@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toxrt import session as session_module
 from toxrt.config import build_config, config_to_dict, load_config, to_toml
 from toxrt.live_source import RealtimeSource
-from toxrt.publish import SCHEMA_VERSION, TOPIC_POS
+from toxrt.publish import SCHEMA_VERSION
 from toxrt.recording import load_session
 from toxrt.session import run_session
-from toxrt.streaming import STOP_MARKER, LiveLink
+from toxrt.streaming import STOP_MARKER
 from toxrt.synthetic import SimulatedArena, write_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +86,7 @@ def free_udp_port() -> int:
 
 class Peer:
     """A peer process running ``PEER``; ``ready`` is set once its subscriber is connecting (the
-    session binds later; ``WaitingLink`` waits for the subscription itself)."""
+    session binds later and waits for the subscription: streaming.wait_for_subscriber_s)."""
 
     def __init__(self, *args: str):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -120,15 +119,6 @@ class Peer:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=5)
-
-
-class WaitingLink(LiveLink):
-    """The session's LiveLink, holding the loop until the peer's subscription reached the publisher,
-    so that the first frame's message is delivered too (ZeroMQ's slow joiner)."""
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        assert self.publisher.wait_for_subscriber(TOPIC_POS, timeout_s=20), "no subscriber connected"
 
 
 def arena_config(tmp_path, frames: int, fps: float, animals: int = 8, width: int = 320, height: int = 240,
@@ -166,12 +156,11 @@ def test_a_replay_that_is_not_autostarted_waits_for_its_first_frame_to_be_asked_
         source.close()
 
 
-def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path, monkeypatch):
-    config = arena_config(tmp_path, frames=100, fps=50.0)
+def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path):
+    config = arena_config(tmp_path, frames=100, fps=50.0, wait_for_subscriber_s=20.0)
     peer = Peer("collect", config.streaming.publish_address)
     try:
         assert peer.ready.wait(20)
-        monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
         tracked, on_frame = recorder()
         summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
         messages = peer.messages()
@@ -200,19 +189,19 @@ def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path
     assert sorted(i for i in last["id"] if i > 0) == list(range(1, 9))
 
 
-def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path, monkeypatch):
+def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path):
     # Over an ipc:// socket: loopback TCP buffers absorb about 3 MB before the high-water mark is
     # reached, a Unix socket's about 200 KB, so that a short run overflows the stalled queue.
     runs = {}
     for stalled in (False, True):
         address = f"ipc://{tmp_path}/pub_{int(stalled)}.sock"
         config = arena_config(tmp_path / str(stalled), frames=200, fps=100.0, animals=20, width=480, height=360,
-                              publish_address=address, publish_format="json", publish_hwm=2)
+                              publish_address=address, publish_format="json", publish_hwm=2,
+                              wait_for_subscriber_s=20.0 if stalled else 0.0)
         peer = Peer("stall", address) if stalled else None
         try:
             if peer is not None:
                 assert peer.ready.wait(20)
-                monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
             tracked, on_frame = recorder()
             runs[stalled] = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
             # Capture -> tracked, published and queued for recording, per frame.
@@ -229,13 +218,12 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path, monkey
     assert stalled["frames_dropped"] <= 2 * free["frames_dropped"] + 5
 
 
-def test_markers_from_a_stimulus_process_are_recorded_and_a_stop_marker_ends_the_run(tmp_path, monkeypatch):
-    config = arena_config(tmp_path, frames=500, fps=50.0)
+def test_markers_from_a_stimulus_process_are_recorded_and_a_stop_marker_ends_the_run(tmp_path):
+    config = arena_config(tmp_path, frames=500, fps=50.0, wait_for_subscriber_s=20.0)
     plan = [[10, "stimulus_on"], [20, "stimulus_off"], [30, STOP_MARKER]]
     peer = Peer("closed_loop", config.streaming.publish_address, config.streaming.marker_address, json.dumps(plan))
     try:
         assert peer.ready.wait(20)
-        monkeypatch.setattr(session_module, "LiveLink", WaitingLink)
         tracked, on_frame = recorder()
         summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
         peer.messages()

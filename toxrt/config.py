@@ -117,6 +117,7 @@ class StreamingConfig:
     allow_remote: bool = _opt(False)  # bind publish/marker sockets on non-loopback addresses
     publish_hwm: int = _opt(1000, _positive, "positive")
     source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
+    wait_for_subscriber_s: float = _opt(0.0, _non_negative, "0 (do not wait) or more")
 
 
 @dataclass(frozen=True)

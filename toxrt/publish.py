@@ -258,6 +258,9 @@ class Publisher:
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, int(hwm))
+        # A small kernel send buffer: a stalled subscriber hits the high-water mark (and the drop
+        # count) after a few hundred messages instead of seconds of stale positions in TCP buffers.
+        self._socket.setsockopt(zmq.SNDBUF, 64 * 1024)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe reaches us, not only the first

@@ -76,7 +76,8 @@ def run_session(
     if config.streaming.realtime and not is_live(source):
         from .live_source import RealtimeSource
 
-        source = RealtimeSource(source, source.fps)
+        # The replay clock starts with the first frame the loop asks for, not while prepare() runs.
+        source = RealtimeSource(source, source.fps, autostart=False)
     writer = link = None
     try:
         setup = prepare(config, source)
@@ -125,7 +126,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
     from tqdm import tqdm
 
     live = is_live(source)
-    timings = _Timings()
+    timings, latencies = _Timings(), _Timings()
     frames = errors = consecutive_errors = individual_blobs = 0
     last_frame = -1
     interrupted = False
@@ -150,6 +151,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
                 continue
             timings.add(time.perf_counter() - t0)
             outside = link.after_frame(result, t_capture, source)
+            latencies.add(time.time() - t_capture)  # capture to published (publishing included)
             writer.write_frame(result)
             if result.events:
                 writer.write_events(event_to_dict(e) for e in result.events)
@@ -171,6 +173,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         bar.close()
     elapsed = time.perf_counter() - started
     p50, p99 = timings.percentiles_ms()
+    latency_p50, latency_p99 = latencies.percentiles_ms()
     return {
         "frames": frames,
         "last_frame": last_frame,
@@ -181,6 +184,8 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         "fps": frames / elapsed if elapsed > 0 else float("nan"),
         "step_ms_p50": p50,
         "step_ms_p99": p99,
+        "capture_to_publish_ms_p50": latency_p50,
+        "capture_to_publish_ms_p99": latency_p99,
         "individual_blobs_per_frame": individual_blobs / frames if frames else 0.0,
         "writer_stalls": int(writer.stats.stalls),
         **link.counters(),

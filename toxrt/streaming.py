@@ -70,6 +70,9 @@ class LiveLink:
             if cfg.publish_address:
                 self.publisher = Publisher(cfg.publish_address, cfg.publish_format, cfg.allow_remote, cfg.publish_hwm)
                 log.info("publishing positions on %s", self.publisher.address)
+                if cfg.wait_for_subscriber_s > 0 and not self.publisher.wait_for_subscriber(
+                        timeout_s=cfg.wait_for_subscriber_s):
+                    log.warning("no subscriber after %.1f s; starting anyway", cfg.wait_for_subscriber_s)
             if cfg.marker_address:
                 self.markers = MarkerReceiver(cfg.marker_address, cfg.allow_remote)
         except BaseException:
