@@ -103,6 +103,12 @@ class LiveTracker:
         while len(known) > self._remembered_fragments:
             known.popitem(last=False)
         coasting = [known.get(f, (0, 0.0)) for f in link.coasting_fragment.tolist()]
+        events = list(events)
+        if link.started.size or link.ended.size:
+            crossing = dict(zip(link.fragment.tolist(), link.is_crossing.tolist()))
+            events += [{"type": "fragment_start", "frame": frame.index, "fragment": f, "crossing": crossing[f]}
+                       for f in link.started.tolist()]
+            events += [{"type": "fragment_end", "frame": frame.index, "fragment": f} for f in link.ended.tolist()]
         return FrameResult(
             frame_index=frame.index,
             time_s=frame.time_s,

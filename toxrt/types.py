@@ -92,6 +92,7 @@ class FrameResult:
     identity: np.ndarray
     probability: np.ndarray
     status: np.ndarray
+    # IdentityEvent decisions and revisions, and {"type": "fragment_start" | "fragment_end", ...} dicts
     events: list = field(default_factory=list)
     # Individual fragments with no blob this frame, at their Kalman prediction.
     predicted_xy: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # float64 (p, 2)
