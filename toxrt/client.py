@@ -27,7 +27,7 @@ from typing import Any, Iterable, TextIO
 import zmq
 
 from .errors import ToxrtError
-from .publish import DEFAULT_ADDRESS, STATUS_NAMES, TOPIC_EVENT, TOPIC_POS, TOPIC_STATUS, decode
+from .publish import DEFAULT_ADDRESS, STATUS_NAMES, TOPIC_EVENT, TOPIC_POS, TOPIC_STATUS, decode, receive_until
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +101,7 @@ class PositionClient:
 
     # -- receiving thread (owns the socket) -----------------------------------------------------
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if not self._socket.poll(_POLL_MS, zmq.POLLIN):
-                    continue
-                while True:
-                    try:
-                        parts = self._socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._handle(parts, time.time())
-        finally:
-            self._socket.close(linger=0)
+        receive_until(self._socket, self._stop, self._handle, _POLL_MS)
 
     def _handle(self, parts: list[bytes], t_receive: float) -> None:
         try:

@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 
 from .errors import ToxrtError
-from .publish import bind_socket, check_format, decode, encode
+from .publish import bind_socket, check_format, decode, encode, receive_until
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,7 @@ class MarkerReceiver:
         self._thread.start()
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if not self._socket.poll(_POLL_MS, zmq.POLLIN):
-                    continue
-                while True:
-                    try:
-                        parts = self._socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._accept(parts, time.time())
-        finally:
-            self._socket.close(linger=0)
+        receive_until(self._socket, self._stop, self._accept, _POLL_MS)
 
     def _accept(self, parts: list[bytes], t_arrival: float) -> None:
         try:

@@ -27,8 +27,9 @@ import errno
 import ipaddress
 import json
 import logging
+import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import msgpack
 import numpy as np
@@ -242,6 +243,24 @@ class StatusMeter:
 # ---------------------------------------------------------------------------------------------
 # Publisher
 # ---------------------------------------------------------------------------------------------
+
+def receive_until(socket: zmq.Socket, stop: threading.Event, handle: Callable[[list[bytes], float], None],
+                  poll_ms: int = 100) -> None:
+    """Receive multipart messages until ``stop`` is set, calling ``handle(parts, t_arrival)`` for each;
+    closes the socket at the end. Run it in the one thread that owns the socket."""
+    try:
+        while not stop.is_set():
+            if not socket.poll(poll_ms, zmq.POLLIN):
+                continue
+            while True:
+                try:
+                    parts = socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                handle(parts, time.time())
+    finally:
+        socket.close(linger=0)
+
 
 class Publisher:
     """Non-blocking ZeroMQ publisher of ``pos``, ``event`` and ``status`` messages.
