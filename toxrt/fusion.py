@@ -64,34 +64,30 @@ def _row_correlation(matrix: np.ndarray) -> np.ndarray:
     return z @ z.T
 
 
-def _complete_groups(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, size: int) -> list[np.ndarray]:
-    """Sets of exactly ``size`` candidate fragments alive together at some frame (sorted index arrays)."""
+def _alive_sets(start: np.ndarray, end: np.ndarray, candidates: np.ndarray):
+    """Sweep over frames: yield the set of candidate fragments alive after each change (shared set)."""
     events = sorted([(int(start[i]), 1, i) for i in candidates] + [(int(end[i]) + 1, -1, i) for i in candidates])
     alive: set[int] = set()
-    groups: dict[tuple[int, ...], None] = {}
     for _, at_time in groupby(events, key=lambda e: e[0]):
         for _, change, i in at_time:
             if change > 0:
                 alive.add(i)
             else:
                 alive.discard(i)
-        if len(alive) == size:
-            groups[tuple(sorted(alive))] = None
+        yield alive
+
+
+def _complete_groups(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, size: int) -> list[np.ndarray]:
+    """Sets of exactly ``size`` candidate fragments alive together at some frame (sorted index arrays)."""
+    groups = {tuple(sorted(alive)): None for alive in _alive_sets(start, end, candidates) if len(alive) == size}
     return [np.array(g, np.intp) for g in groups]
 
 
 def _largest_group(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, length: np.ndarray) -> np.ndarray:
     """The largest set of candidate fragments alive together (ties: the longest shortest fragment)."""
-    events = sorted([(int(start[i]), 1, i) for i in candidates] + [(int(end[i]) + 1, -1, i) for i in candidates])
-    alive: set[int] = set()
     best: tuple[int, int] = (0, 0)
     group = np.zeros(0, np.intp)
-    for _, at_time in groupby(events, key=lambda e: e[0]):
-        for _, change, i in at_time:
-            if change > 0:
-                alive.add(i)
-            else:
-                alive.discard(i)
+    for alive in _alive_sets(start, end, candidates):
         if alive:
             key = (len(alive), int(min(length[i] for i in alive)))
             if key > best:
