@@ -35,6 +35,21 @@ def test_stopper_stops_two_evaluations_after_target_stops_improving():
     assert run_stopper([0.5, 0.6, 0.59, 0.58, 0.57], patience=30, target=0.91) is None
 
 
+def test_stopper_min_improvement_stops_on_a_slow_plateau_but_keeps_the_best_model():
+    # a slow creep (+0.002 per evaluation) below the target: the paper's rule never stops ...
+    scores = [0.5, 0.7, 0.78, 0.782, 0.784, 0.786, 0.788, 0.79]
+    assert run_stopper(scores, patience=4, target=0.91) is None
+    # ... a margin of 0.005 counts the creep as no improvement: 4 evaluations after 0.78
+    assert run_stopper(scores, patience=4, target=0.91, min_improvement=0.005) == 6
+    stopper = SilhouetteStopper(patience=4, min_improvement=0.005)
+    improved = []
+    for score in scores[:4]:
+        stopper.update(score)
+        improved.append(stopper.improved)
+    # a small gain is not significant, yet it is the best model so far and is kept
+    assert improved == [True, True, True, True] and stopper.best == 0.782 and stopper.since_best == 1
+
+
 def test_stopper_state_round_trip():
     a = SilhouetteStopper(patience=3)
     for s in (0.2, 0.5, 0.4):

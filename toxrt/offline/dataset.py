@@ -153,6 +153,38 @@ def _live_identities(session: SessionLike, ids: np.ndarray, rows: np.ndarray,
     return live
 
 
+def live_identities_from_trajectories(table: FragmentTable, blobs: np.ndarray,
+                                      trajectories: np.ndarray) -> np.ndarray:
+    """int32 (F,): each fragment's identity in the live trajectories, 0 where they do not place it.
+
+    The live output's identities come from the end-of-session fusion, which the blob rows do not
+    record (their ``identity`` is the decision live at that frame). The trajectories hold each
+    identified blob's centroid in its identity's column, so a row's identity is the column whose
+    position equals the row's (x, y); a fragment takes the identity most of its rows have.
+    ``trajectories`` is float (T, N, 2), NaN where missing.
+    """
+    n = trajectories.shape[1]
+    live = np.zeros(len(table), np.int32)
+    if len(table) == 0 or n == 0:
+        return live
+    frames = blobs["frame"][table.rows]
+    inside = frames < trajectories.shape[0]
+    votes = np.zeros((len(table), n + 1), np.int64)
+    frag = table.fragment_of_image()
+    for lo in range(0, table.rows.shape[0], 65536):  # bounded (chunk, N, 2) temporaries
+        sl = slice(lo, lo + 65536)
+        where = table.rows[sl][inside[sl]]
+        at = trajectories[blobs["frame"][where]]  # (k, N, 2)
+        same = (np.abs(at[..., 0] - blobs["x"][where, None]) < 1e-3) & \
+               (np.abs(at[..., 1] - blobs["y"][where, None]) < 1e-3)
+        column = np.where(same.any(axis=1), same.argmax(axis=1) + 1, 0)
+        np.add.at(votes, (frag[sl][inside[sl]], column), 1)
+    best = votes[:, 1:].argmax(axis=1) + 1
+    has = votes[:, 1:].max(axis=1) > 0
+    live[has] = best[has]
+    return live
+
+
 def trainable(table: FragmentTable, min_images: int = MIN_TRAINING_IMAGES) -> np.ndarray:
     """bool (F,): fragments with enough images to sample pairs from."""
     return table.n_images >= min_images

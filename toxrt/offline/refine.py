@@ -35,7 +35,7 @@ from .. import __version__
 from ..errors import ConfigError, SessionError
 from . import assign, cluster
 from .dataset import (FragmentTable, ImageLoader, SessionLike, build_fragment_table, check_session,
-                      global_fragments, trainable)
+                      global_fragments, live_identities_from_trajectories, trainable)
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +50,29 @@ class RefineOptions:
     device: str = "auto"
     """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
     image_size: int = 32
-    """Side in pixels the identification images are resized to (32 trains > 2x faster than 40)."""
-    network: str = "resnet18"
-    """``resnet18`` (the paper's, 11.17 M parameters) or ``small`` (a 0.1 M CNN, for speed)."""
-    batch_pairs: int = 400
-    """Positive pairs per batch; as many negative pairs (paper: 400 + 400 = 1600 images)."""
-    max_batches: int = 15000
-    """Hard limit on training batches (a resumed run continues up to this)."""
+    """Side in pixels the identification images are resized to (32 trains ~2x faster than 40)."""
+    network: str = "auto"
+    """``resnet18`` (the paper's, 11.17 M parameters), ``small`` (a 0.1 M CNN, ~4x faster per batch on a
+    CPU) or ``auto``: small on a CPU, resnet18 on a GPU."""
+    batch_pairs: int = 0
+    """Positive pairs per batch, as many negative pairs; 0 = auto: 100 on a CPU (400 images: per image
+    ~1.7x cheaper than the paper's 1600), 400 on a GPU (the paper's 400 + 400 = 1600 images)."""
+    max_batches: int = 0
+    """Hard limit on training batches (a resumed run continues up to this); 0 = auto: 3000 on a CPU,
+    15000 on a GPU."""
     eval_every: int = 0
-    """Batches between silhouette evaluations; 0 = max(100, 5 N) as in the paper."""
-    patience: int = 30
-    """Stop after this many evaluations without a better silhouette."""
+    """Batches between silhouette evaluations; 0 = auto: 25 on a CPU, max(100, 5 N) on a GPU (paper)."""
+    patience: int = 0
+    """Stop after this many evaluations without a better silhouette; 0 = auto: 4 on a CPU, 30 on a GPU."""
     target_patience: int = 2
     """... or after this many once the silhouette reached ``silhouette_target``."""
     silhouette_target: float = 0.91
     """Silhouette at which training may stop early (paper: 0.91 ~ < 1 % image error)."""
+    min_improvement: float = -1.0
+    """A silhouette counts as better only when it beats the best by more than this; -1 = auto: 0.005
+    on a CPU (stops on a plateau), 0 on a GPU (paper)."""
     silhouette_images: int = 0
-    """Images clustered at each evaluation; 0 = 1000 N as in the paper."""
+    """Images clustered at each evaluation; 0 = auto: 250 N on a CPU, 1000 N on a GPU (paper)."""
     images_per_fragment: int = 0
     """Training samples at most this many evenly spaced images of each fragment; 0 = all."""
     alpha: float = 0.5
@@ -86,15 +92,33 @@ class RefineOptions:
     max_crossing_gap: int = 0
     """Longest crossing (frames) filled from the identities around it; 0 = 2 s at the session fps."""
 
+    def resolved(self, device_type: str, number_of_animals: int) -> "RefineOptions":
+        """These options with every ``auto`` / 0 default replaced by its value for ``device_type``."""
+        gpu = device_type == "cuda"
+        n = max(int(number_of_animals), 1)
+        auto = {
+            "network": ("auto", "resnet18" if gpu else "small"),
+            "batch_pairs": (0, 400 if gpu else 100),
+            "max_batches": (0, 15000 if gpu else 3000),
+            "eval_every": (0, max(100, 5 * n) if gpu else 25),
+            "patience": (0, 30 if gpu else 4),
+            "min_improvement": (-1.0, 0.0 if gpu else 0.005),
+            "silhouette_images": (0, (1000 if gpu else 250) * n),
+        }
+        changes = {key: value for key, (unset, value) in auto.items() if getattr(self, key) == unset}
+        return dataclasses.replace(self, **changes)
+
     def __post_init__(self) -> None:
         checks = [
             ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
             ("image_size", 8 <= self.image_size <= 256, "8..256"),
-            ("network", self.network in ("resnet18", "small"), "resnet18 or small"),
-            ("batch_pairs", self.batch_pairs >= 1, "1 or more"),
-            ("max_batches", self.max_batches >= 1, "1 or more"),
-            ("eval_every", self.eval_every >= 0, "0 or more"),
-            ("patience", self.patience >= 1, "1 or more"),
+            ("network", self.network in ("auto", "resnet18", "small"), "auto, resnet18 or small"),
+            ("batch_pairs", self.batch_pairs >= 0, "0 (auto) or more"),
+            ("max_batches", self.max_batches >= 0, "0 (auto) or more"),
+            ("eval_every", self.eval_every >= 0, "0 (auto) or more"),
+            ("patience", self.patience >= 0, "0 (auto) or more"),
+            ("min_improvement", self.min_improvement == -1.0 or 0.0 <= self.min_improvement < 1.0,
+             "-1 (auto) or in [0, 1)"),
             ("target_patience", self.target_patience >= 1, "1 or more"),
             ("silhouette_target", -1.0 <= self.silhouette_target <= 1.0, "in [-1, 1]"),
             ("silhouette_images", self.silhouette_images >= 0, "0 or more"),
@@ -193,13 +217,23 @@ class RefineSummary:
 
 
 def refine(session: SessionLike, options: RefineOptions, where: str = "session",
-           checkpoint: Path | None = None, progress: bool = True) -> RefineResult:
-    """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint."""
+           checkpoint: Path | None = None, progress: bool = True,
+           live_trajectories: np.ndarray | None = None) -> RefineResult:
+    """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint.
+
+    ``live_trajectories`` float (T, N, 2), the live output: when given, the live identity of each
+    fragment (K-means start, cluster numbering, changes counted) is the one it has there, i.e. after
+    the live stage's end-of-session fusion; else the recorded per-row decision.
+    """
     # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
     from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
 
     n = check_session(session, where)
     table = build_fragment_table(session)
+    if live_trajectories is not None and len(table):
+        final = live_identities_from_trajectories(table, session.blobs, live_trajectories)
+        table = dataclasses.replace(table, live_identity=np.where(final > 0, final, table.live_identity)
+                                    .astype(np.int32))
     if len(table) == 0:
         raise SessionError(f"{where}: no individual fragments with identification images")
     connectivity = table.connectivity(n)
@@ -220,6 +254,9 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
         return keep_live
 
     device = resolve_device(options.device)
+    options = options.resolved(device.type, n)
+    log.info("refining on %s: network %s, %d px, %d pairs per batch, silhouette every %d batches",
+             device, options.network, options.image_size, options.batch_pairs, options.eval_every)
     bf16 = options.bf16 == "on" or (options.bf16 == "auto" and device.type == "cpu" and cpu_has_amx())
     loader = ImageLoader(session, options.image_size)
     settings = TrainSettings(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainSettings)})
@@ -283,7 +320,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     checkpoint = Path(options.checkpoint) if options.checkpoint else folder / OFFLINE_DIR / "checkpoint.pt"
     if not options.resume and checkpoint.exists():
         checkpoint.unlink()
-    result = refine(session, options, str(folder), checkpoint, progress)
+    result = refine(session, options, str(folder), checkpoint, progress, _live_trajectories(folder))
 
     n = result.number_of_animals
     fps = float(session.meta.get("frames_per_second", session.meta.get("fps", 25.0)) or 25.0)
@@ -314,6 +351,23 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     summary.outputs = [str(p) for p in written]
     _store(folder, summary, result)
     return summary
+
+
+def _live_trajectories(folder: Path) -> np.ndarray | None:
+    """float (T, N, 2) of the live output (kept or not yet renamed), None when there is none."""
+    out = folder / "trajectories"
+    for name in ("trajectories_live.npy", "trajectories.npy"):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            data = np.load(path, allow_pickle=True).item()
+        except (OSError, ValueError, EOFError, AttributeError) as exc:
+            log.warning("%s: unreadable live trajectories (%s); using the recorded live identities", path, exc)
+            return None
+        if isinstance(data, dict) and data.get("source") != "toxrt-refined" and "trajectories" in data:
+            return np.asarray(data["trajectories"], np.float64)
+    return None
 
 
 def _keep_live(out_dir: Path) -> None:

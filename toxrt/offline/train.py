@@ -47,6 +47,7 @@ class TrainSettings:
     patience: int = 30
     target_patience: int = 2
     silhouette_target: float = 0.91
+    min_improvement: float = 0.0
     silhouette_images: int = 0
     images_per_fragment: int = 0
     alpha: float = 0.5
@@ -59,19 +60,27 @@ class SilhouetteStopper:
 
     ``update(score)`` returns True when training should stop: ``patience`` consecutive scores
     without improving on the best, or ``target_patience`` of them once the best reached
-    ``target``.
+    ``target``. A score improves only when it beats the best by more than ``min_improvement``
+    (0 = the paper's rule); a positive margin stops on a plateau below the target, which is
+    where a CPU run on look-alike animals ends (see docs/offline.md).
     """
 
-    def __init__(self, patience: int = 30, target: float = 0.91, target_patience: int = 2) -> None:
+    def __init__(self, patience: int = 30, target: float = 0.91, target_patience: int = 2,
+                 min_improvement: float = 0.0) -> None:
         self.patience = patience
         self.target = target
         self.target_patience = target_patience
+        self.min_improvement = float(min_improvement)
         self.best = -np.inf
-        self.since_best = 0
+        self.since_best = 0  # evaluations since the last improvement by more than min_improvement
+        self.improved = False  # the last score is the best so far (keep that model)
 
     def update(self, score: float) -> bool:
-        if score > self.best:
+        significant = score > self.best + self.min_improvement
+        self.improved = score > self.best
+        if self.improved:
             self.best = float(score)
+        if significant:
             self.since_best = 0
             return False
         self.since_best += 1
@@ -175,7 +184,8 @@ def train_embedding(table: FragmentTable, loader: ImageLoader, number_of_animals
     model = build_model(settings.network).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     sampler = PairSampler(table, rng, settings.images_per_fragment, settings.alpha)
-    stopper = SilhouetteStopper(settings.patience, settings.silhouette_target, settings.target_patience)
+    stopper = SilhouetteStopper(settings.patience, settings.silhouette_target, settings.target_patience,
+                                settings.min_improvement)
     eval_every = settings.eval_every or max(100, 5 * number_of_animals)
     evaluator = Evaluator(table, loader, number_of_animals,
                           settings.silhouette_images or 1000 * number_of_animals, settings.seed, device,
@@ -215,7 +225,7 @@ def train_embedding(table: FragmentTable, loader: ImageLoader, number_of_animals
                 score = evaluator(model)
                 stop = stopper.update(score)
                 result.history.append((result.batches, score))
-                if stopper.since_best == 0:
+                if stopper.improved:
                     best_state = copy.deepcopy(model.state_dict())
                     result.silhouette = score
                 bar.set_postfix(silhouette=f"{score:.3f}", best=f"{stopper.best:.3f}")
