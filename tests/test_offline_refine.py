@@ -136,3 +136,17 @@ def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint,
     again = refine_session(folder, options, progress=False)
     assert again.fragments_changed == summary.fragments_changed
     assert np.load(out / "trajectories_live.npy", allow_pickle=True).item()["source"] == live["source"]
+
+
+def test_auto_options_resolve_per_device():
+    cpu = RefineOptions().resolved("cpu", 8)
+    assert (cpu.network, cpu.batch_pairs, cpu.eval_every, cpu.patience) == ("small", 100, 25, 4)
+    assert (cpu.min_improvement, cpu.silhouette_images, cpu.max_batches) == (0.005, 2000, 3000)
+    gpu = RefineOptions().resolved("cuda", 30)
+    assert (gpu.network, gpu.batch_pairs, gpu.eval_every, gpu.patience) == ("resnet18", 400, 150, 30)
+    assert (gpu.min_improvement, gpu.silhouette_images, gpu.max_batches) == (0.0, 30000, 15000)
+    # explicit values are kept
+    mine = RefineOptions(network="resnet18", batch_pairs=7, min_improvement=0.0).resolved("cpu", 8)
+    assert (mine.network, mine.batch_pairs, mine.min_improvement) == ("resnet18", 7, 0.0)
+    with pytest.raises(ConfigError, match="min_improvement"):
+        RefineOptions(min_improvement=2.0)

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 OFFLINE_DIR = "offline"
 LOW_CONNECTIVITY = 0.25  # paper: below 0.25 (N - 1) coexisting fragments per fragment, expect errors
+# Below this silhouette the clusters overlap: on zebrafish14 the small network ended at 0.44 and made
+# the identities worse than live (75 -> 71 % solo), resnet18 reached 0.53 and 91 % (docs/offline.md)
+LOW_SILHOUETTE = 0.5
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,10 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
     if conflicts:  # cannot happen by construction; checked because clients rely on it
         raise RuntimeError(f"{conflicts} coexisting fragment pairs share an identity")
     sil = cluster.silhouette(z, labels, max_samples=10000, seed=options.seed)
+    if sil < LOW_SILHOUETTE:
+        hint = " (try network=resnet18)" if options.network == "small" else ""
+        warnings.append(f"silhouette {sil:.2f} < {LOW_SILHOUETTE}: the animals' images are poorly separated; "
+                        f"the refined identities may be worse than the live ones{hint}")
     if trained.interrupted:
         warnings.append("training was interrupted; identities come from the best model so far")
     for w in warnings:
