@@ -141,7 +141,7 @@ def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint,
 def test_auto_options_resolve_per_device():
     cpu = RefineOptions().resolved("cpu", 8)
     assert (cpu.network, cpu.batch_pairs, cpu.eval_every, cpu.patience) == ("small", 100, 25, 4)
-    assert (cpu.min_improvement, cpu.silhouette_images, cpu.max_batches) == (0.005, 2000, 3000)
+    assert (cpu.min_improvement, cpu.silhouette_images, cpu.max_batches) == (0.01, 2000, 3000)
     gpu = RefineOptions().resolved("cuda", 30)
     assert (gpu.network, gpu.batch_pairs, gpu.eval_every, gpu.patience) == ("resnet18", 400, 150, 30)
     assert (gpu.min_improvement, gpu.silhouette_images, gpu.max_batches) == (0.0, 30000, 15000)

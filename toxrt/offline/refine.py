@@ -72,7 +72,7 @@ class RefineOptions:
     silhouette_target: float = 0.91
     """Silhouette at which training may stop early (paper: 0.91 ~ < 1 % image error)."""
     min_improvement: float = -1.0
-    """A silhouette counts as better only when it beats the best by more than this; -1 = auto: 0.005
+    """A silhouette counts as better only when it beats the best by more than this; -1 = auto: 0.01
     on a CPU (stops on a plateau), 0 on a GPU (paper)."""
     silhouette_images: int = 0
     """Images clustered at each evaluation; 0 = auto: 250 N on a CPU, 1000 N on a GPU (paper)."""
@@ -105,7 +105,7 @@ class RefineOptions:
             "max_batches": (0, 15000 if gpu else 3000),
             "eval_every": (0, max(100, 5 * n) if gpu else 25),
             "patience": (0, 30 if gpu else 4),
-            "min_improvement": (-1.0, 0.0 if gpu else 0.005),
+            "min_improvement": (-1.0, 0.0 if gpu else 0.01),
             "silhouette_images": (0, (1000 if gpu else 250) * n),
         }
         changes = {key: value for key, (unset, value) in auto.items() if getattr(self, key) == unset}
