@@ -71,12 +71,7 @@ class MarkerReceiver:
         self._socket = self._context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, _MAX_MARKER_BYTES * 4)  # a huge frame drops the peer
-        try:
-            bind_socket(self._socket, address, allow_remote, key)
-        except ToxrtError:
-            self._socket.close(linger=0)
-            raise
-        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.address = bind_socket(self._socket, address, allow_remote, key)
         self._pending: collections.deque[dict] = collections.deque()
         self._max_pending = max_pending
         self._lock = threading.Lock()

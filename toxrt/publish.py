@@ -178,19 +178,25 @@ def is_loopback_address(address: str) -> bool:
         return False
 
 
-def bind_socket(socket: zmq.Socket, address: str, allow_remote: bool, key: str) -> None:
-    """Bind, refusing non-loopback addresses unless asked for, with one-line errors."""
-    if "://" not in address:
-        raise ToxrtError(f"{key}: {address!r} is not a ZeroMQ address (e.g. tcp://127.0.0.1:5556)")
-    if not allow_remote and not is_loopback_address(address):
-        raise ToxrtError(f"{key}: {address} is reachable from other machines; bind 127.0.0.1 "
-                         f"or set streaming.allow_remote = true to allow it")
+def bind_socket(socket: zmq.Socket, address: str, allow_remote: bool, key: str) -> str:
+    """Bind, refusing non-loopback addresses unless asked for, with one-line errors; returns the
+    endpoint bound ("tcp://127.0.0.1:*" picks a free port). On failure the socket is closed."""
     try:
-        socket.bind(address)  # "tcp://127.0.0.1:*" picks a free port; read it from LAST_ENDPOINT
-    except zmq.ZMQError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ToxrtError(f"{key}: {address}: port already in use (another toxrt session or program?)") from None
-        raise ToxrtError(f"{key}: cannot bind {address}: {exc.strerror}") from None
+        if "://" not in address:
+            raise ToxrtError(f"{key}: {address!r} is not a ZeroMQ address (e.g. tcp://127.0.0.1:5556)")
+        if not allow_remote and not is_loopback_address(address):
+            raise ToxrtError(f"{key}: {address} is reachable from other machines; bind 127.0.0.1 "
+                             f"or set streaming.allow_remote = true to allow it")
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ToxrtError(f"{key}: {address}: port already in use (another toxrt session or program?)") from None
+            raise ToxrtError(f"{key}: cannot bind {address}: {exc.strerror}") from None
+    except ToxrtError:
+        socket.close(linger=0)
+        raise
+    return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,12 +289,7 @@ class Publisher:
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.XPUB_NODROP, 1)
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscribe reaches us, not only the first
-        try:
-            bind_socket(self._socket, address, allow_remote, key)
-        except ToxrtError:
-            self._socket.close(linger=0)
-            raise
-        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.address = bind_socket(self._socket, address, allow_remote, key)
         self.seq = 0
         self.sent = 0
         self.dropped = 0
