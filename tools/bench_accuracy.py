@@ -3,7 +3,7 @@
 For each dataset, ``tools/datasets/<dataset>.toml`` holds the tracking parameters (chosen by looking
 at the video; each value is explained there). The live engine tracks the video
 (``pipeline.run_session``), then ``metrics.evaluate`` compares its trajectories with the reference
-CSV(s) of ``/work/shared/data/<dataset>/`` and one table is printed.
+CSV(s) of ``../shared/data/<dataset>/`` and one table is printed.
 
     .venv/bin/python tools/bench_accuracy.py                       # every dataset, whole videos
     .venv/bin/python tools/bench_accuracy.py --datasets flies3_dreem zebrafish14_fasttrack
@@ -42,7 +42,7 @@ try:  # the run loop moved from pipeline.py to session.py; accept either layout
 except ImportError:  # pragma: no cover
     from toxrt.pipeline import run_session  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
 PARAMS = Path(__file__).resolve().parent / "datasets"
 
 

@@ -12,7 +12,7 @@ Cases (``--cases``):
     the simulated arena with 8 animals that look alike (``sim.appearance_spread`` = 0.25), 500,
     1,500 and 15,000 frames (10 minutes at 25 fps); ground truth from the simulator.
 ``zebrafish14_fasttrack``, ``flies2_sleap``
-    real videos of ``/work/shared/data`` with human ground truth, tracked with
+    real videos of ``../shared/data`` with human ground truth, tracked with
     ``tools/datasets/<name>.toml``.
 
     .venv/bin/python tools/bench_refine.py                               # every case
@@ -48,7 +48,7 @@ from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 from toxrt.session import run_session  # noqa: E402
 from toxrt.synthetic import SimulatedArena  # noqa: E402
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
 PARAMS = REPO / "tools" / "datasets"
 NO_STREAMING = {"streaming.publish_address": "", "streaming.marker_address": ""}
 SIM_SPREAD = 0.25  # "subtly different" animals
