@@ -1,6 +1,7 @@
 """End to end: refinement recovers scrambled identities of a synthetic session."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -150,3 +151,24 @@ def test_auto_options_resolve_per_device():
     assert (mine.network, mine.batch_pairs, mine.min_improvement) == ("resnet18", 7, 0.0)
     with pytest.raises(ConfigError, match="min_improvement"):
         RefineOptions(min_improvement=2.0)
+
+
+def test_auto_network_falls_back_to_resnet18_when_the_small_one_cannot_separate(fake, monkeypatch):
+    """With network = auto on a CPU, a small network stuck below silhouette 0.5 is replaced by ResNet18."""
+    from toxrt.offline import train as train_module
+
+    real_train = train_module.train_embedding
+    networks = []
+
+    def recording_train(table, loader, n, settings, *args, **kwargs):
+        networks.append(settings.network)
+        result = real_train(table, loader, n, dataclasses.replace(settings, network="small"), *args, **kwargs)
+        if settings.network == "small":  # pretend the small network could not separate the animals
+            result = dataclasses.replace(result, silhouette=0.2)
+        return result
+
+    monkeypatch.setattr(train_module, "train_embedding", recording_train)
+    options = RefineOptions(**{**FAST, "network": "auto", "max_batches": 50})
+    result = refine(fake, options, progress=False)
+    assert networks == ["small", "resnet18"]
+    assert any("ResNet18" in w for w in result.warnings)
