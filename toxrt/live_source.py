@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from .errors import SourceError
+from .source import to_grey
 from .types import Frame
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,6 @@ class Capture(Protocol):
     def read(self) -> tuple[bool, np.ndarray | None]: ...
 
     def release(self) -> None: ...
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 1:
-        return image[:, :, 0]
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
 def is_live_spec(spec: str) -> bool:
@@ -226,7 +219,7 @@ class CaptureSource(_ThreadedSource):
         if not ok:
             self._capture.release()
             raise SourceError(f"video_paths: {description}: opened, but no frame arrived")
-        first = _grey(image)
+        first = to_grey(image)
         self.height, self.width = first.shape
         reported = float(self._capture.get(cv2.CAP_PROP_FPS)) if hasattr(self._capture, "get") else 0.0
         self.fps = fps or (reported if 0 < reported < 1000 else DEFAULT_LIVE_FPS)
@@ -251,7 +244,7 @@ class CaptureSource(_ThreadedSource):
                 continue
             t_capture = time.time()
             self._index += 1
-            self._put(self._index, t_capture, _grey(image))
+            self._put(self._index, t_capture, to_grey(image))
 
     def _reconnect(self) -> bool:
         """Reopen until a frame arrives; False when closed. Raises SourceError past the timeout."""
@@ -274,7 +267,7 @@ class CaptureSource(_ThreadedSource):
                     log.warning("%s: regained after %.1f s (%d attempts)", self.description, down_s, attempts)
                     self._event("source_regained", frame=self._index + 1, attempts=attempts, down_s=down_s)
                     self._index += 1
-                    self._put(self._index, time.time(), _grey(image))
+                    self._put(self._index, time.time(), to_grey(image))
                     return True
                 self._capture.release()
             if self.reconnect_timeout_s is not None and time.monotonic() - lost_at > self.reconnect_timeout_s:
@@ -377,7 +370,7 @@ class RealtimeSource(_ThreadedSource):
             if self._stop.is_set():
                 return
             index = item.index if isinstance(item, Frame) else k
-            self._put(index, self._clock(), _grey(self._image(item)))
+            self._put(index, self._clock(), to_grey(self._image(item)))
 
     def sample(self, count: int) -> list[np.ndarray]:
         """The inner source's own sample when it has one (spread over a file, nothing consumed)."""
