@@ -4,7 +4,6 @@ import sys
 
 import cv2
 import numpy as np
-import pytest
 
 
 def toxrt(*args, cwd=None):

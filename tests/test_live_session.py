@@ -22,7 +22,7 @@ import pytest
 from toxrt.config import build_config, config_to_dict, load_config, to_toml
 from toxrt.live_source import RealtimeSource
 from toxrt.publish import SCHEMA_VERSION
-from toxrt.recording import load_session
+from toxrt.session_reader import load_session
 from toxrt.session import run_session
 from toxrt.streaming import STOP_MARKER
 from toxrt.synthetic import SimulatedArena, write_simulation

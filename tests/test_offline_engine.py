@@ -19,7 +19,7 @@ from toxrt.config import build_config  # noqa: E402
 from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
 from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
-from toxrt.recording import load_session  # noqa: E402
+from toxrt.session_reader import load_session  # noqa: E402
 from toxrt.session import run_session  # noqa: E402
 from toxrt.synthetic import SimulatedArena  # noqa: E402
 

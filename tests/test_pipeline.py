@@ -3,12 +3,11 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from toxrt.config import build_config, load_config
 from toxrt.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
 from toxrt.session import run_session
-from toxrt.recording import load_session
+from toxrt.session_reader import load_session
 from toxrt.synthetic import SimulatedArena, write_simulation
 from toxrt.types import Status
 

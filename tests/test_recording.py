@@ -16,7 +16,8 @@ import pytest
 
 from toxrt.config import RecordingConfig
 from toxrt.errors import SessionError
-from toxrt.recording import SessionWriter, coexisting_pairs, load_session
+from toxrt.recording import SessionWriter
+from toxrt.session_reader import coexisting_pairs, load_session
 from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
 
 BINS = 16

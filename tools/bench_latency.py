@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +34,8 @@ from toxrt.config import Config, build_config, config_to_dict, to_toml  # noqa: 
 from toxrt.live_source import RealtimeSource  # noqa: E402
 from toxrt.pipeline import LiveTracker, prepare  # noqa: E402
 from toxrt.publish import TOPIC_POS  # noqa: E402
-from toxrt.recording import SessionWriter, load_session  # noqa: E402
+from toxrt.recording import SessionWriter  # noqa: E402
+from toxrt.session_reader import load_session  # noqa: E402
 from toxrt.session import _run_loop  # noqa: E402
 from toxrt.source import SimulatedSource  # noqa: E402
 from toxrt.streaming import LiveLink  # noqa: E402

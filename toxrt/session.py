@@ -22,7 +22,8 @@ from .errors import ToxrtError
 from .fusion import fuse_fragments
 from .output import assemble_trajectories, write_trajectories
 from .pipeline import LiveTracker, prepare
-from .recording import SessionWriter, event_to_dict, load_session
+from .recording import SessionWriter, event_to_dict
+from .session_reader import load_session
 from .source import open_source, video_name
 from .streaming import LiveLink
 from .types import FrameResult

@@ -332,7 +332,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     Raises SessionError (one line) for a folder that is not a readable session with images.
     """
     from ..output import assemble_trajectories, trajectories_dict, write_trajectories
-    from ..recording import load_session
+    from ..session_reader import load_session
 
     t0 = time.monotonic()
     folder = Path(session_dir)
