@@ -53,6 +53,8 @@ CONSENSUS = 0.995
 LOW_CONNECTIVITY = 0.25  # idtracker.ai v6: < 0.25 (N - 1) coexisting fragments per fragment
 LOW_ACCUMULATED = 0.5  # less than half the images accepted: most identities come from residual guesses
 LOW_ESTIMATED_ACCURACY = 0.99
+# Share of accepted labels the temperature fit allows to be wrong (see _fit_temperature).
+LABEL_NOISE = 0.01
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,6 @@ class AccumulationResult:
     model: ModelSnapshot | None
     warnings: list[str] = field(default_factory=list)
 
-    def image_weighted(self, values: np.ndarray, n_images: np.ndarray) -> float:
-        total = n_images.sum()
-        return float((values * n_images).sum() / total) if total else float("nan")
-
 
 class _Run:
     """One accumulation from one seed: identities so far and the constraint bookkeeping."""
@@ -145,38 +143,42 @@ def _certainty(p2: np.ndarray, n_images: int) -> float:
     return float((top[1] - top[0]) * np.sqrt(n_images))
 
 
+def spread_rows(counts: np.ndarray, per_fragment: int) -> np.ndarray:
+    """int64: up to ``per_fragment`` evenly spaced image indices of each fragment (all when 0).
+
+    counts int (F,) images per fragment, stored one fragment after another. Consecutive frames
+    are nearly the same image, so a long fragment teaches little more than a spread sample of it.
+    """
+    counts = np.asarray(counts, np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if per_fragment <= 0:
+        return np.arange(int(counts.sum()), dtype=np.int64)
+    take = np.minimum(counts, per_fragment)
+    owner = np.repeat(np.arange(counts.size), take)
+    within = np.arange(int(take.sum())) - np.repeat(np.cumsum(take) - take, take)
+    return first[owner] + np.floor(within * counts[owner] / take[owner]).astype(np.int64)
+
+
 class Accumulator:
     """Accumulation over one session's fragments; see the module docstring.
 
-    features float32 (R, d): identity features of the images, grouped by fragment in graph order
-    (``image_fragment`` int64 (R,) gives each image's fragment).
+    features float32 (R, d): identity features of (a sample of) the fragments' images;
+    image_fragment int64 (R,): each image's fragment (index into ``graph``). Certainty grows with
+    the number of images *scored*, shares are weighted by ``graph.n_images``.
     """
 
     def __init__(self, graph: FragmentGraph, features: np.ndarray, image_fragment: np.ndarray,
                  shape: FeatureShape, number_of_animals: int, settings: AccumulationSettings):
-        self.graph, self.features, self.image_fragment = graph, features, image_fragment
+        self.graph, self.features = graph, features
+        self.image_fragment = np.asarray(image_fragment, np.int64)
+        self.scored = np.bincount(self.image_fragment, minlength=len(graph))
         self.n = int(number_of_animals)
         self.settings = settings
         self.model = AppearanceModel(shape, self.n)
-        self._training_rows = self._spread_rows(settings.images_per_fragment)
-
-    # -- images ------------------------------------------------------------------------------
-
-    def _spread_rows(self, per_fragment: int) -> np.ndarray:
-        """Up to ``per_fragment`` evenly spaced images of each fragment (all when 0)."""
-        counts = self.graph.n_images
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        if per_fragment <= 0:
-            return np.arange(counts.sum())
-        take = np.minimum(counts, per_fragment)
-        owner = np.repeat(np.arange(len(self.graph)), take)
-        within = np.arange(take.sum()) - np.repeat(np.cumsum(take) - take, take)
-        step = counts[owner] / take[owner]
-        return first[owner] + np.floor(within * step).astype(np.int64)
 
     def fit(self, labels: np.ndarray, use: np.ndarray) -> ModelSnapshot:
         """A model trained on the fragments ``use`` (bool (F,)) with their labels (F,)."""
-        rows = self._training_rows[use[self.image_fragment[self._training_rows]]]
+        rows = np.flatnonzero(use[self.image_fragment])
         y = labels[self.image_fragment[rows]]
         cap = self.settings.training_images_per_identity
         if cap > 0:  # even spread over each identity's images, so that long fragments do not dominate
@@ -191,7 +193,7 @@ class Accumulator:
     def fragment_log_likelihood(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
         """float64 (F, N): summed image log-probabilities of the given fragments (0 elsewhere)."""
         out = np.zeros((len(self.graph), self.n))
-        rows = self._training_rows[np.isin(self.image_fragment[self._training_rows], fragments)]
+        rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
         for lo in range(0, rows.size, 16384):  # bounded temporaries
             part = rows[lo:lo + 16384]
             np.add.at(out, self.image_fragment[part], model.log_proba(self.features[part]))
@@ -200,12 +202,11 @@ class Accumulator:
     def fragment_p1(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
         """float64 (F, N): mean image probability per fragment (idtracker.ai's P1)."""
         out = np.zeros((len(self.graph), self.n))
-        rows = self._training_rows[np.isin(self.image_fragment[self._training_rows], fragments)]
-        counts = np.bincount(self.image_fragment[rows], minlength=len(self.graph))
+        rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
         for lo in range(0, rows.size, 16384):
             part = rows[lo:lo + 16384]
             np.add.at(out, self.image_fragment[part], np.exp(model.log_proba(self.features[part])))
-        return out / np.maximum(counts, 1)[:, None]
+        return out / np.maximum(self.scored, 1)[:, None]
 
     # -- one run ---------------------------------------------------------------------------------
 
@@ -232,7 +233,7 @@ class Accumulator:
         return self.fragment_p1(model, np.flatnonzero(~run.accepted))
 
     def _accept(self, run: _Run) -> int:
-        settings, n_images = self.settings, self.graph.n_images
+        settings, n_images = self.settings, self.scored
         p1 = self._score_open(run)
         count = 0
         for members in self.graph.global_sets:
@@ -273,7 +274,7 @@ class Accumulator:
         open_fragments = np.flatnonzero(~run.accepted)
         if open_fragments.size == 0:
             return
-        n_images = self.graph.n_images
+        n_images = self.scored
         p1 = self._score_open(run)
         version = np.zeros(len(self.graph), np.int64)
         heap = [(-_certainty(run.p2(p1, f), int(n_images[f])), 0, int(f)) for f in open_fragments]
@@ -324,7 +325,9 @@ class Accumulator:
         for f in known.tolist():
             taken[self.graph.neighbours(f), identity[f] - 1] = True
         calibrate = known[accepted[known] & known_to_model[known, identity[known] - 1]]
-        temperature = _fit_temperature(loglik[calibrate], identity[calibrate] - 1, taken[calibrate])
+        # Calibrated on appearance alone: with the coexistence constraint a fragment among N - 1
+        # identified ones has one identity left, whatever the temperature.
+        temperature = _fit_temperature(loglik[calibrate], identity[calibrate] - 1)
         probability = np.zeros(len(self.graph))
         if known.size:
             post = _posterior(loglik[known], taken[known], temperature)
@@ -339,16 +342,21 @@ def _posterior(loglik: np.ndarray, taken: np.ndarray, temperature: float) -> np.
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _fit_temperature(loglik: np.ndarray, label: np.ndarray, taken: np.ndarray) -> float:
-    """The temperature (>= 1) minimising the held-out negative log-likelihood of the labels."""
+def _fit_temperature(loglik: np.ndarray, label: np.ndarray) -> float:
+    """The temperature (>= 1) minimising the held-out negative log-likelihood of the labels.
+
+    The labels are the accumulation's own and a few may be wrong; so that one wrong long fragment
+    cannot flatten every probability, the likelihood allows a share ``LABEL_NOISE`` of labels to be
+    arbitrary (a mixture with a uniform choice among the animals).
+    """
     if loglik.shape[0] == 0:
         return 1.0
-    taken = taken.copy()
-    taken[np.arange(label.size), label] = False  # a label is never its own competitor
+    taken = np.zeros(loglik.shape, bool)
+    uniform = LABEL_NOISE / loglik.shape[1]
 
     def loss(log_t: float) -> float:
         p = _posterior(loglik, taken, float(np.exp(log_t)))[np.arange(label.size), label]
-        return float(-np.log(np.maximum(p, 1e-12)).sum())
+        return float(-np.log((1.0 - LABEL_NOISE) * p + uniform).sum())
 
     best = minimize_scalar(loss, bounds=(0.0, np.log(1e4)), method="bounded")
     return float(np.exp(best.x))
@@ -444,13 +452,18 @@ def _share(mask: np.ndarray, weight: np.ndarray) -> float:
 
 
 def _diverse_seeds(global_sets: np.ndarray, count: int) -> list[np.ndarray]:
-    """The best global fragment, then the best ones that share no fragment with those already taken."""
+    """The best global fragment, then the best ones of which at least half the fragments are new.
+
+    A seed that repeats the fragments of an earlier one repeats its run; one that is half new
+    tests whether the accumulation reaches the same identities from other evidence.
+    """
     chosen: list[np.ndarray] = []
     used: set[int] = set()
     for members in global_sets:
         if len(chosen) >= count:
             break
-        if chosen and used.intersection(members.tolist()):
+        new = len(set(members.tolist()) - used)
+        if chosen and 2 * new < members.size:
             continue
         chosen.append(members)
         used.update(members.tolist())
