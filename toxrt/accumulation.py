@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment, minimize_scalar
 
 from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
+from .config import AppearanceConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,6 @@ LOW_ACCUMULATED = 0.5  # less than half the images accepted: most identities com
 LOW_ESTIMATED_ACCURACY = 0.99
 # Share of accepted labels the temperature fit allows to be wrong (see _fit_temperature).
 LABEL_NOISE = 0.01
-
-
-@dataclass(frozen=True)
-class AccumulationSettings:
-    """See the module docstring; the defaults are explained in configs/default.toml ([appearance])."""
-
-    band_fraction: float = 0.3
-    global_acceptance: float = 0.99
-    certainty: float = 3.0
-    seeds: int = 3
-    min_images: int = 4
-    folds: int = 4
-    images_per_fragment: int = 64
-    training_images_per_identity: int = 2000
 
 
 @dataclass(frozen=True)
@@ -168,7 +155,7 @@ class Accumulator:
     """
 
     def __init__(self, graph: FragmentGraph, features: np.ndarray, image_fragment: np.ndarray,
-                 shape: FeatureShape, number_of_animals: int, settings: AccumulationSettings):
+                 shape: FeatureShape, number_of_animals: int, settings: AppearanceConfig):
         self.graph, self.features = graph, features
         self.image_fragment = np.asarray(image_fragment, np.int64)
         self.scored = np.bincount(self.image_fragment, minlength=len(graph))
@@ -396,7 +383,7 @@ def largest_coexisting_group(graph: FragmentGraph) -> np.ndarray:
 
 
 def accumulate(graph: FragmentGraph, features: np.ndarray, image_fragment: np.ndarray, shape: FeatureShape,
-               number_of_animals: int, settings: AccumulationSettings,
+               number_of_animals: int, settings: AppearanceConfig,
                reference_identity: np.ndarray | None = None) -> AccumulationResult:
     """Identities of all fragments by accumulation from up to ``settings.seeds`` seeds (module docstring).
 

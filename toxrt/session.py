@@ -19,10 +19,10 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
-from .fusion import fuse_fragments
 from .output import assemble_trajectories, write_trajectories
 from .pipeline import LiveTracker, prepare
 from .recording import SessionWriter, event_to_dict
+from .session_end import decide_identities, save_fragment_identities
 from .session_reader import load_session
 from .source import open_source, video_name
 from .streaming import LiveLink
@@ -194,11 +194,11 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
 
 
 def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict:
-    """End-of-session ToxId fusion over the recorded fragments, then the trajectory files."""
+    """One identity per recorded fragment (``session_end``), then the trajectory files."""
     session = load_session(folder)
-    rng = np.random.default_rng(0)
-    samples = session.fragment_samples(config.identity.fusion_samples, rng)
-    fused = fuse_fragments(session.fragments, samples, number_of_animals, config.identity)
+    decision = decide_identities(session, config, number_of_animals)
+    save_fragment_identities(folder, decision)
+    fused = decision.identities
     trajectories, probabilities, status = assemble_trajectories(
         session.blobs, fused, session.n_frames, number_of_animals,
         max_crossing_gap=max(1, int(round(2 * session.meta.get("frames_per_second", 25)))),
@@ -217,6 +217,7 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
         "fragments_identified": int(sum(1 for f in individual["fragment"] if int(f) in fused)),
         "fraction_identified": float(identified.mean()) if identified.size else 0.0,
         "mean_identity_probability": float(confidence.mean()) if confidence.size else float("nan"),
+        **decision.quality(),
         "outputs": [str(p) for p in written],
     }
     _store_summary(folder, summary)
@@ -242,9 +243,11 @@ def summary_lines(summary: dict) -> list[str]:
         "individual blobs found per frame",
         f"fragments:   {summary.get('fragments')} individual ({summary.get('fragments_identified')} identified), "
         f"{summary.get('crossing_fragments')} crossings",
-        f"identities:  {100 * summary.get('fraction_identified', 0):.1f}% of animal-frames identified, "
-        f"mean identity probability {summary.get('mean_identity_probability', float('nan')):.3f}",
+        f"identities:  {100 * summary.get('fraction_identified', 0):.1f}% of animal-frames identified "
+        f"({summary.get('identity_method', '?')}), estimated accuracy "
+        f"{100 * summary.get('estimated_accuracy', float('nan')):.2f}%",
     ]
+    lines += [f"WARNING:     {w}" for w in summary.get("warnings", [])]
     if summary.get("stopped_early_at") is not None:
         lines.append(f"WARNING:     the video broke off at frame {summary['stopped_early_at']}; "
                      "everything before it was tracked and written")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulation import AccumulationResult, AccumulationSettings, FragmentGraph, accumulate, spread_rows
+from .accumulation import AccumulationResult, FragmentGraph, accumulate, spread_rows
 from .appearance import FeatureShape, identity_features
+from .config import AppearanceConfig
 from .offline.dataset import FragmentTable, build_fragment_table, global_fragments
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def session_features(session, table: FragmentTable, shape: FeatureShape, per_fra
     return features, fragment
 
 
-def identify_session(session, number_of_animals: int, settings: AccumulationSettings,
+def identify_session(session, number_of_animals: int, settings: AppearanceConfig,
                      reference_identity: np.ndarray | None = None) -> SessionIdentities:
     """Accumulation over a loaded session (``session_reader.Session``) that has identification images.
 
