@@ -94,7 +94,9 @@ def run_session(
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
         }
-        link = LiveLink(config.streaming)
+        link = LiveLink(config.streaming, live=is_live(source))
+        if link.publisher is not None:  # where to subscribe, also when the port was picked ("...:*")
+            meta["publish_address"] = link.publisher.address
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
                                setup.crop_size, config.segmentation.histogram_bins, overwrite=overwrite)
         tracker = LiveTracker(config, setup)

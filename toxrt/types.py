@@ -113,6 +113,13 @@ class IdentityEvent:
     new_identity: int
     probability: float
 
+    def as_event(self) -> dict:
+        """The event as a plain dict, one schema for events.jsonl and the ``event`` topic alike:
+        ``type = "identity"`` and ``frame`` (as every other event), not the field name ``frame_index``."""
+        return {"type": "identity", "frame": self.frame_index, "fragment": self.fragment,
+                "old_identity": self.old_identity, "new_identity": self.new_identity,
+                "probability": self.probability}
+
 
 # One row per blob per frame, as recorded in a session (see recording.py).
 BLOB_RECORD_DTYPE = np.dtype([
