@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from .config import Config
+from .decode import luma_table, open_video, read_grey
 from .errors import SourceError
 from .types import Frame
 
@@ -89,7 +90,7 @@ class _VideoReader:
             raise SourceError(f"{key}: {path}: file not found")
         if not os.access(path, os.R_OK):
             raise SourceError(f"{key}: {path}: file is not readable")
-        capture = cv2.VideoCapture(path)
+        capture = open_video(path)
         try:
             if not capture.isOpened():
                 raise SourceError(f"{key}: {path}: cannot be opened as a video")
@@ -101,6 +102,7 @@ class _VideoReader:
             self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         finally:
             capture.release()
+        self.luma = luma_table(path)  # None: decode through BGR
 
     def read(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         """Grey images of frames [start, stop); ends early where the file breaks off."""
@@ -112,17 +114,11 @@ class _VideoReader:
                     return
                 yield image
             return
-        capture = cv2.VideoCapture(self.path)
+        capture = open_video(self.path, luma=self.luma is not None)
         try:
             if start:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-            index = start
-            while stop is None or index < stop:
-                ok, image = capture.read()
-                if not ok:
-                    return
-                yield to_grey(image)
-                index += 1
+            yield from read_grey(capture, self.luma, None if stop is None else stop - start)
         finally:
             capture.release()
 
