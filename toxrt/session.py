@@ -21,7 +21,7 @@ from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
 from .fusion import fuse_fragments
 from .output import assemble_trajectories, write_trajectories
-from .pipeline import LiveTracker, prepare
+from .pipeline import LiveTracker, prepare, warm_up
 from .recording import SessionWriter, event_to_dict
 from .session_reader import load_session
 from .source import open_source, video_name
@@ -99,7 +99,12 @@ def run_session(
             meta["publish_address"] = link.publisher.address
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
                                setup.crop_size, config.segmentation.histogram_bins, overwrite=overwrite)
+        first = source.sample(1)
+        if first:  # before the replay clock starts: one-time costs must not cost frames
+            warm_up(config, setup, first[0])
         tracker = LiveTracker(config, setup)
+        if hasattr(source, "work_ahead"):  # a file: its reader thread may also detect
+            source.work_ahead(tracker.detector())
         loop = _run_loop(source, tracker, writer, link, progress, stop, on_frame)
         writer.write_events({"type": "fragment_end", "fragment": int(f), "frame": loop["last_frame"]}
                             for f in tracker.close())

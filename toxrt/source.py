@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -152,6 +152,12 @@ class VideoSource:
         self.prefetch = prefetch
         self.stopped_early_at: int | None = None
         self._stop = threading.Event()
+        self._ahead: Callable[[Frame], Frame] | None = None
+
+    def work_ahead(self, work: Callable[[Frame], Frame] | None) -> None:
+        """Let the reader thread also run ``work`` on frames (the tracker's detection) whenever the
+        consumer is behind: see :func:`prefetched`. Call before iterating."""
+        self._ahead = work
 
     def _count_tracked(self) -> int | None:
         if not self.intervals:
@@ -184,7 +190,7 @@ class VideoSource:
                     return
 
     def __iter__(self) -> Iterator[Frame]:
-        return prefetched(self._frames(), self.prefetch, self._stop)
+        return prefetched(self._frames(), self.prefetch, self._stop, self._ahead)
 
     def sample(self, count: int) -> list[np.ndarray]:
         """About ``count`` grey frames spread evenly over the tracked range (for the background model)."""
@@ -215,18 +221,29 @@ class VideoSource:
 
 
 _END = object()
+AHEAD_WHEN_QUEUED = 2
 
 
-def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event) -> Iterator[Frame]:
-    """Run ``frames`` in a reader thread, ``depth`` frames ahead; exceptions are re-raised here."""
+def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event,
+               ahead: Callable[[Frame], Frame] | None = None) -> Iterator[Frame]:
+    """Run ``frames`` in a reader thread, ``depth`` frames ahead; exceptions are re-raised here.
+
+    Nothing is dropped: the reader waits while the queue is full. With ``ahead``, the reader also
+    applies it to a frame whenever ``AHEAD_WHEN_QUEUED`` frames already wait for the consumer (the
+    consumer is the slower one, so the reader takes over part of its work); otherwise the frame
+    goes as it is and the consumer does that work itself. On two cores this balances decoding plus
+    detection in one thread against linking and identities in the other.
+    """
     if depth <= 0:
-        yield from frames
+        yield from (frames if ahead is None else map(ahead, frames))
         return
     buffer: queue.Queue = queue.Queue(maxsize=depth)
 
     def reader() -> None:
         try:
             for frame in frames:
+                if ahead is not None and buffer.qsize() >= AHEAD_WHEN_QUEUED:
+                    frame = ahead(frame)
                 while not stop.is_set():
                     try:
                         buffer.put(frame, timeout=0.1)

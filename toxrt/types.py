@@ -27,6 +27,7 @@ class Frame:
     index: int
     time_s: float  # capture time (UNIX seconds for live sources, index / fps for files)
     image: np.ndarray  # uint8, (height, width)
+    blobs: Blobs | None = None  # found beside decoding, in the reader thread (None: not yet)
 
 
 @dataclass
