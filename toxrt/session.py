@@ -7,6 +7,7 @@ fusion once over the recorded fragments and writes the trajectories. Ctrl+C, SIG
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -140,6 +141,10 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
     interrupted = False
     started = time.perf_counter()
     bar = tqdm(total=source.n_frames, unit="frame", disable=not progress, desc="tracking", smoothing=0.1)
+    # The objects of the setup (imported modules, models, caches: about 10^5) leave the collector's
+    # view, so that a full collection during the loop scans only what the loop made: otherwise one
+    # costs 50-100 ms, every 10^4 frames or so (frames dropped in real time).
+    gc.freeze()
     try:
         for frame in source:
             # Live frames carry their capture time; a file's frame is "captured" when it reaches us.
@@ -179,6 +184,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         log.warning("interrupted: finishing the session with what was tracked")
     finally:
         bar.close()
+        gc.unfreeze()
     elapsed = time.perf_counter() - started
     p50, p99 = timings.percentiles_ms()
     latency_p50, latency_p99 = latencies.percentiles_ms()
