@@ -246,8 +246,8 @@ def main_video(args) -> list[dict]:
     if args.video == "sim":
         plan = [(size, fps) for size in (args.size or ["720p", "1080p"])
                 for fps in (args.fps or ([60.0, 120.0, 240.0] if size == "720p" else [60.0, 120.0]))]
-        longest = int(round(max(f for _, f in plan) * args.seconds))
-        videos = {size: sim_video_params(size, args.animals, longest) for size, _ in plan}
+        videos = {size: sim_video_params(size, args.animals, int(round(max(f for z, f in plan if z == size) * args.seconds)))
+                  for size, _ in plan}
         plan = [(size, videos[size], fps) for size, fps in plan]
     else:
         params = video_params(args.video)
