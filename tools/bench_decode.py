@@ -16,6 +16,10 @@ at least 90% of it, or of the decode-alone fps on two cores when that is lower.
         --simulate 1280x720 --frames 1500
     .venv/bin/python tools/bench_decode.py --simulate 1280x720 --sweep    # also FFmpeg/OpenCV thread counts
 
+``--where`` first shows where decoding time goes, per frame on one core (process CPU): the decoder
+itself (``grab``), then BGR (``retrieve`` + ``cvtColor``) against the luma plane (``retrieve`` with
+``CAP_PROP_CONVERT_RGB = 0`` + the calibrated table), with 1 and 2 FFmpeg threads.
+
 ``--sweep`` repeats the session for every combination of FFmpeg decoding threads (1, 2) and
 OpenCV threads (1, 2): the figures that chose ``toxrt.decode.DECODE_THREADS``.
 """
@@ -109,6 +113,46 @@ def track_alone(config, prepare, LiveTracker, VideoSource) -> dict:
             "step_ms_p50": loop["step_ms_p50"]}
 
 
+def where_decoding_goes(path: str, frames: int = 300) -> dict:
+    """CPU ms per frame of each decoding step (median) and in all (mean), both grey paths, 1 and 2
+    FFmpeg threads, on one core. Process CPU time, so FFmpeg's own threads count; with 2 threads
+    FFmpeg decodes ahead in them, so only the total is meaningful there."""
+    import cv2
+
+    from toxrt.decode import luma_table, open_video
+
+    os.sched_setaffinity(0, {0})
+    table = luma_table(path)
+    result = {}
+    for threads in (1, 2):
+        for kind in ("bgr", "luma"):
+            capture = open_video(path, threads, luma=kind == "luma")
+            steps = np.zeros((frames, 3))
+            count = 0
+            started = time.process_time()
+            for count in range(frames):
+                t0 = time.process_time()
+                if not capture.grab():
+                    break
+                t1 = time.process_time()
+                _, image = capture.retrieve()
+                t2 = time.process_time()
+                if kind == "bgr":
+                    cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                elif table is not None:
+                    cv2.LUT(image, table)
+                steps[count] = (t1 - t0, t2 - t1, time.process_time() - t2)
+            else:
+                count = frames
+            total = (time.process_time() - started) / max(count, 1)
+            capture.release()
+            grab, retrieve, grey = (1e3 * np.median(steps[:count], axis=0)).tolist()
+            result[f"{kind}, {threads} FFmpeg thread{'s' if threads > 1 else ''}"] = {
+                "decode": grab, "retrieve": retrieve, "to_grey": grey, "total": 1e3 * total}
+    result["luma_usable"] = table is not None
+    return result
+
+
 def run_child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: int, ahead: bool = True) -> dict:
     command = [sys.executable, __file__, "--child", mode, params, "--frames", str(frames),
                "--ffmpeg-threads", str(ffmpeg_threads), "--cv-threads", str(cv_threads)] + ([] if ahead else ["--no-ahead"])
@@ -147,6 +191,7 @@ def main() -> None:
     parser.add_argument("--cv-threads", type=int, default=0, help="cv2.setNumThreads (0: OpenCV's default)")
     parser.add_argument("--sweep", action="store_true",
                         help="sessions with 1 and 2 FFmpeg and OpenCV threads, and one without detection in the reader")
+    parser.add_argument("--where", action="store_true", help="first, where decoding time goes (one core)")
     parser.add_argument("--no-ahead", action="store_true", help="the reader thread only decodes (no detection)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -154,6 +199,9 @@ def main() -> None:
     from toxrt.decode import DECODE_THREADS
 
     ffmpeg_threads = args.ffmpeg_threads or DECODE_THREADS
+    if args.child == "where":
+        print(json.dumps(where_decoding_goes(args.params[0])))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.params[0], args.frames, ffmpeg_threads, args.cv_threads,
                                not args.no_ahead)))
@@ -168,6 +216,18 @@ def main() -> None:
     print(f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     results = []
     for path in params:
+        if args.where:
+            from toxrt.config import load_config
+
+            video = load_config(path).video_paths[0]
+            done = subprocess.run([sys.executable, __file__, "--child", "where", video], capture_output=True,
+                                  text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+            where = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{video}: CPU ms per frame on one core (medians of decode, retrieve, to grey; mean total); "
+                  f"luma path {'usable' if where.pop('luma_usable') else 'NOT usable (BGR is used)'}")
+            for name, w in where.items():
+                print(f"    {name:24s} decode {w['decode']:5.2f}, retrieve {w['retrieve']:5.2f}, to grey {w['to_grey']:5.2f}; "
+                      f"total {w['total']:5.2f}")
         r = measure(path, args.frames, ffmpeg_threads, args.cv_threads, args.sweep)
         results.append(r)
         print(f"{path}: {r['frames']} frames; one core: decode {r['decode_ms_per_frame']:.2f} ms/frame, "
