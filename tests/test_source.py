@@ -117,6 +117,7 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
         finally:
             source_module.AHEAD_WHEN_QUEUED = 2
         recorded[name] = load_session(summary["session"])
+        assert summary["frames_detected_by_reader"] == (80 if name == "always" else 0)
     assert recorded["never"].n_frames == 80
     np.testing.assert_array_equal(recorded["always"].blobs, recorded["never"].blobs)
     np.testing.assert_array_equal(recorded["always"].hu(), recorded["never"].hu())

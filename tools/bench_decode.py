@@ -79,7 +79,7 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
 
         summary = run_session(config, progress=False, overwrite=True)
         return {"frames": summary["frames"], "fps": summary["fps"], "step_ms_p50": summary["step_ms_p50"],
-                "step_ms_p99": summary["step_ms_p99"]}
+                "step_ms_p99": summary["step_ms_p99"], "detected_by_reader": summary["frames_detected_by_reader"]}
 
 
 def track_alone(config, prepare, LiveTracker, VideoSource) -> dict:
@@ -237,7 +237,8 @@ def main() -> None:
             print(f"    session (FFmpeg threads {s['ffmpeg_threads']}, OpenCV threads {s['cv_threads'] or 'default'}, "
                   f"detection {'also in the reader' if s['detect_in_reader'] else 'in the main thread only'}): "
                   f"{s['fps']:.0f} fps = {100 * s['ratio']:.0f}% of the target; step p50 {s['step_ms_p50']:.2f} ms, "
-                  f"p99 {s['step_ms_p99']:.2f} ms", flush=True)
+                  f"p99 {s['step_ms_p99']:.2f} ms; {s['detected_by_reader']} of {s['frames']} frames detected "
+                  f"by the reader", flush=True)
         print(f"    load now: {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -92,6 +92,7 @@ class LiveTracker:
         params = SegmentationParams.from_config(config, setup.crop_size, setup.single_animal_area)
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self._segmentation = (params, setup.background, setup.roi_mask)
+        self.detected_ahead = 0  # frames whose blobs came with them (found by a reader thread)
         self.linker = Linker(config.linking, setup.max_distance_px)
         self.identities = LiveIdentities(config.identity, setup.number_of_animals)
         self.number_of_animals = setup.number_of_animals
@@ -107,7 +108,11 @@ class LiveTracker:
         return lambda frame: dataclasses.replace(frame, blobs=segmenter.detect(frame.image))
 
     def step(self, frame: Frame) -> FrameResult:
-        blobs = frame.blobs if frame.blobs is not None else self.segmenter.detect(frame.image)
+        if frame.blobs is not None:
+            blobs = frame.blobs
+            self.detected_ahead += 1
+        else:
+            blobs = self.segmenter.detect(frame.image)
         if len(blobs) >= self.number_of_animals:
             # Every animal has a blob of its own, so a large blob is a large animal, not a crossing
             # (animals of very different sizes, such as a courting pair of spiders).

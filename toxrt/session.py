@@ -202,6 +202,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         "capture_to_publish_ms_p99": latency_p99,
         "individual_blobs_per_frame": individual_blobs / frames if frames else 0.0,
         "writer_stalls": int(writer.stats.stalls),
+        "frames_detected_by_reader": tracker.detected_ahead,
         **link.counters(),
     }
 
