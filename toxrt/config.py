@@ -121,6 +121,7 @@ class SimConfig:
 
 
 PUBLISH_FORMATS = ("msgpack", "json")
+PUBLISH_WHEN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class StreamingConfig:
     publish_hwm: int = _opt(1000, _positive, "positive")
     source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
     wait_for_subscriber_s: float = _opt(0.0, _non_negative, "0 (do not wait) or more")
+    # When the publisher and marker sockets open: "auto" for live sources and real-time replay only.
+    publish: str = _opt("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
 
 
 @dataclass(frozen=True)
