@@ -24,8 +24,10 @@ product and a background thread can replace the model at any time.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 # Widest straightened band, in columns: larger crops are resampled (area) to this width. On
@@ -57,6 +59,7 @@ class FeatureShape:
         return (2 * self.half_height + 1) * self.width
 
 
+@functools.lru_cache(maxsize=16)
 def _area_matrix(source: int, target: int) -> np.ndarray:
     """float32 (source, target): column j averages the source cells that overlap target cell j."""
     edges = np.linspace(0.0, source, target + 1)
@@ -66,40 +69,66 @@ def _area_matrix(source: int, target: int) -> np.ndarray:
     return (overlap / overlap.sum(axis=0, keepdims=True)).astype(np.float32)
 
 
+@numba.njit(cache=True, nogil=True)
+def _straighten(crops, half, out):  # pragma: no cover - compiled
+    """out[i] (2 half + 1, s): crops[i] with each column shifted so that the body centre row (the
+    intensity-weighted mean row, pooled over 3 columns) lands on the middle row; linear
+    interpolation between rows; then turned by 180° when the column masses are skewed right."""
+    k, s = crops.shape[0], crops.shape[1]
+    height = 2 * half + 1
+    mass = np.empty(s)
+    moment = np.empty(s)
+    band = np.empty((height, s), np.float32)
+    for i in range(k):
+        for x in range(s):
+            m = 0.0
+            mo = 0.0
+            for r in range(s):
+                v = float(crops[i, r, x])
+                m += v
+                mo += v * r
+            mass[x] = m
+            moment[x] = mo
+        skew = 0.0
+        for x in range(s):
+            pm = mass[x]
+            po = moment[x]
+            if x > 0:
+                pm += mass[x - 1]
+                po += moment[x - 1]
+            if x < s - 1:
+                pm += mass[x + 1]
+                po += moment[x + 1]
+            centre = po / pm if pm > 0 else (s - 1) / 2.0
+            base = int(np.floor(centre))
+            w = centre - base
+            column = 0.0
+            for j in range(height):
+                r0 = base + j - half
+                v = 0.0
+                if 0 <= r0 < s:
+                    v += (1.0 - w) * crops[i, r0, x]
+                if 0 <= r0 + 1 < s:
+                    v += w * crops[i, r0 + 1, x]
+                band[j, x] = v
+                column += v
+            dx = x - (s - 1) / 2.0
+            skew += column * dx * dx * dx
+        turn = skew > 0  # heavier end first
+        for j in range(height):
+            for x in range(s):
+                out[i, j, x] = band[height - 1 - j, s - 1 - x] if turn else band[j, x]
+
+
 def identity_features(crops: np.ndarray, shape: FeatureShape) -> np.ndarray:
     """float32 (k, shape.size): straightened, head-tail canonical bands of uint8 crops (k, s, s)."""
-    crops = np.asarray(crops)
+    crops = np.ascontiguousarray(crops, dtype=np.uint8)
     k, s = crops.shape[0], shape.crop_size
     if crops.ndim != 3 or crops.shape[1:] != (s, s):
         raise ValueError(f"identity_features: crops of shape {crops.shape}, expected (k, {s}, {s})")
-    if k == 0:
-        return np.zeros((0, shape.size), np.float32)
-    grey = crops.astype(np.float32)
-    mass = grey.sum(axis=1)  # (k, s) per column
-    rows = np.arange(s, dtype=np.float32)
-    moment = np.einsum("krc,r->kc", grey, rows)
-    # Neighbouring columns are pooled (3 wide) so that a thin tail tip does not jump about.
-    pooled_mass = mass.copy()
-    pooled_mass[:, 1:] += mass[:, :-1]
-    pooled_mass[:, :-1] += mass[:, 1:]
-    pooled_moment = moment.copy()
-    pooled_moment[:, 1:] += moment[:, :-1]
-    pooled_moment[:, :-1] += moment[:, 1:]
-    centre = np.full((k, s), (s - 1) / 2.0, np.float32)
-    np.divide(pooled_moment, pooled_mass, out=centre, where=pooled_mass > 0)
-    # Linear interpolation between the two rows around each shifted position.
-    h = shape.half_height
-    base = np.floor(centre)
-    weight = (centre - base)[:, None, :]
-    band = np.zeros((k, 2 * h + 1, s), np.float32)
-    for offset, w in ((0, 1.0 - weight), (1, weight)):
-        source_row = base[:, None, :].astype(np.int64) + offset + np.arange(-h, h + 1)[None, :, None]
-        inside = (source_row >= 0) & (source_row < s)
-        band += np.where(inside, np.take_along_axis(grey, np.clip(source_row, 0, s - 1), axis=1), 0.0) * w
-    # Heavier end first: turn by 180° where the column masses are skewed to the right.
-    x = np.arange(s, dtype=np.float32) - (s - 1) / 2.0
-    turn = (band.sum(axis=1) @ (x ** 3)) > 0
-    band[turn] = band[turn, ::-1, ::-1]
+    band = np.empty((k, 2 * shape.half_height + 1, s), np.float32)
+    if k:
+        _straighten(crops, shape.half_height, band)
     if shape.width != s:
         band = band @ _area_matrix(s, shape.width)
     return band.reshape(k, -1)
