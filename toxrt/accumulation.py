@@ -125,7 +125,8 @@ class _Run:
         return np.unique(self.identity[self.identity > 0])
 
 
-def _certainty(p2: np.ndarray, n_images: int) -> float:
+def certainty(p2: np.ndarray, n_images: int) -> float:
+    """(best - second best probability) * sqrt(images): a difference of means in standard errors."""
     top = np.partition(p2, -2)[-2:] if p2.shape[0] > 1 else np.array([0.0, p2[0]])
     return float((top[1] - top[0]) * np.sqrt(n_images))
 
@@ -235,10 +236,10 @@ class Accumulator:
                 run.give(f, i + 1, accepted=True)
                 count += 1
         open_fragments = np.flatnonzero(~run.accepted & (n_images >= settings.min_images))
-        candidates = [(-_certainty(run.p2(p1, f), int(n_images[f])), f) for f in open_fragments]
+        candidates = [(-certainty(run.p2(p1, f), int(n_images[f])), f) for f in open_fragments]
         for _, f in sorted(c for c in candidates if -c[0] >= settings.certainty):
             p2 = run.p2(p1, f)  # coexisting fragments accepted meanwhile may have taken identities
-            if p2.max() > 0 and _certainty(p2, int(n_images[f])) >= settings.certainty:
+            if p2.max() > 0 and certainty(p2, int(n_images[f])) >= settings.certainty:
                 run.give(f, int(p2.argmax()) + 1, accepted=True)
                 count += 1
         return count
@@ -264,7 +265,7 @@ class Accumulator:
         n_images = self.scored
         p1 = self._score_open(run)
         version = np.zeros(len(self.graph), np.int64)
-        heap = [(-_certainty(run.p2(p1, f), int(n_images[f])), 0, int(f)) for f in open_fragments]
+        heap = [(-certainty(run.p2(p1, f), int(n_images[f])), 0, int(f)) for f in open_fragments]
         heapq.heapify(heap)
         while heap:
             _, v, f = heapq.heappop(heap)
@@ -277,7 +278,7 @@ class Accumulator:
             for g in self.graph.neighbours(f).tolist():
                 if run.identity[g] == 0:
                     version[g] += 1
-                    heapq.heappush(heap, (-_certainty(run.p2(p1, g), int(n_images[g])), int(version[g]), g))
+                    heapq.heappush(heap, (-certainty(run.p2(p1, g), int(n_images[g])), int(version[g]), g))
 
     # -- probabilities ---------------------------------------------------------------------------
 
@@ -314,7 +315,7 @@ class Accumulator:
         calibrate = known[accepted[known] & known_to_model[known, identity[known] - 1]]
         # Calibrated on appearance alone: with the coexistence constraint a fragment among N - 1
         # identified ones has one identity left, whatever the temperature.
-        temperature = _fit_temperature(loglik[calibrate], identity[calibrate] - 1)
+        temperature = fit_temperature(loglik[calibrate], identity[calibrate] - 1)
         probability = np.zeros(len(self.graph))
         if known.size:
             post = _posterior(loglik[known], taken[known], temperature)
@@ -329,7 +330,7 @@ def _posterior(loglik: np.ndarray, taken: np.ndarray, temperature: float) -> np.
     return p / p.sum(axis=1, keepdims=True)
 
 
-def _fit_temperature(loglik: np.ndarray, label: np.ndarray) -> float:
+def fit_temperature(loglik: np.ndarray, label: np.ndarray) -> float:
     """The temperature (>= 1) minimising the held-out negative log-likelihood of the labels.
 
     The labels are the accumulation's own and a few may be wrong; so that one wrong long fragment

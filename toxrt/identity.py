@@ -11,6 +11,7 @@ import logging
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .appearance import ModelSnapshot
 from .config import IdentityConfig
 from .errors import ConfigError
 from .similarity import HU_COUNT, _level_table, _share, _similarity_batched, shape_code, standardise_histograms
@@ -56,6 +57,8 @@ class LiveIdentities:
         self._slot_of: dict[int, int] = {}
         self._free_slots: list[int] = []
         self._capacity = 0
+        self._model: ModelSnapshot | None = None
+        self._model_number = 0  # 1, 2, ... for each new model; evidence of an older one is dropped
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -82,11 +85,15 @@ class LiveIdentities:
         return np.minimum(self._ref_count, self._cfg.reference_samples)
 
     def update(self, frame_index: int, fragment: np.ndarray, is_crossing: np.ndarray, histogram: np.ndarray,
-               hu: np.ndarray, ended: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[IdentityEvent]]:
+               hu: np.ndarray, ended: np.ndarray, model: ModelSnapshot | None = None,
+               model_log_proba: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[IdentityEvent]]:
         """Take one frame's blobs and return (identity int32 (n,), probability float32 (n,), events).
 
         fragment int64 (n,) fragment id per blob; is_crossing bool (n,); histogram float32 (n, bins)
         summing to 1; hu float64 (n, 7); ended int64 (k,) ids of fragments that ended this frame.
+        model: the session's appearance model once learned (``live_appearance.py``), with
+        model_log_proba float32 (individual blobs, N) its image log-probabilities of this frame's
+        individual blobs, in blob order; from then on it decides instead of the ToxId similarity.
         Identity is 1..N, or 0 for crossing blobs and undecided or extra fragments.
         """
         fragment = np.asarray(fragment, np.int64).reshape(-1)
@@ -114,6 +121,8 @@ class LiveIdentities:
             ids = fragment[individual]
             slots = np.fromiter((self._slot(f) for f in ids.tolist()), np.intp, individual.size)
             self._append(slots, np.asarray(histogram)[individual], np.asarray(hu)[individual])
+            if model is not None and model_log_proba is not None:
+                self._add_evidence(slots, model, model_log_proba)
             events = self._decide(frame_index)
             identity[individual] = self._identity[slots]
             probability[individual] = self._prob[slots]
@@ -153,6 +162,9 @@ class LiveIdentities:
         self._next_revision = resized(None if first else self._next_revision, (), np.int64)
         self._sim_row = resized(None if first else self._sim_row, (self._n,), np.float64)  # last Sim per identity
         self._in_use = resized(None if first else self._in_use, (), bool)
+        self._evidence = resized(None if first else self._evidence, (self._n,), np.float64)  # summed log p
+        self._evidence_count = resized(None if first else self._evidence_count, (), np.int64)
+        self._evidence_model = resized(None if first else self._evidence_model, (), np.int64)  # model number
         self._free_slots.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity
 
@@ -169,6 +181,7 @@ class LiveIdentities:
             self._prob[slot] = 0.0
             self._sim_row[slot] = np.nan
             self._in_use[slot] = True
+            self._evidence_count[slot] = 0
         return slot
 
     def _close(self, fragment_ids: np.ndarray) -> None:
@@ -214,7 +227,20 @@ class LiveIdentities:
 
     # -- decisions -------------------------------------------------------------------------------
 
+    def _add_evidence(self, slots: np.ndarray, model: ModelSnapshot, log_proba: np.ndarray) -> None:
+        if model is not self._model:
+            self._model, self._model_number = model, self._model_number + 1
+            logger.info("appearance model %d takes over the live identities", self._model_number)
+        stale = self._evidence_model[slots] != self._model_number
+        self._evidence[slots[stale]] = 0.0
+        self._evidence_count[slots[stale]] = 0
+        self._evidence_model[slots] = self._model_number
+        self._evidence[slots] += log_proba
+        self._evidence_count[slots] += 1
+
     def _decide(self, frame_index: int) -> list[IdentityEvent]:
+        if self._model is not None:
+            return self._decide_by_model(frame_index)
         cfg, cap = self._cfg, self._capacity
         in_use, identity = self._in_use[:cap], self._identity[:cap]
         held = in_use & (identity > 0)
@@ -303,17 +329,68 @@ class LiveIdentities:
         total = np.where(own_known, total_known, total_known + own)
         probability = np.where(chosen, _share(own, total), 0.0).astype(np.float32)
 
+        self._next_revision[slots[refreshed]] = frame_index + cfg.revision_interval_frames
+        return self._record(frame_index, slots, new_identity, probability, seed_references=True)
+
+    def _record(self, frame_index: int, slots: np.ndarray, new_identity: np.ndarray, probability: np.ndarray,
+                seed_references: bool) -> list[IdentityEvent]:
+        """Store the decisions; an event for every fragment whose identity changed."""
         events = []
         old_identity = self._identity[slots].copy()
         self._identity[slots] = new_identity
         self._prob[slots] = probability
-        self._next_revision[slots[refreshed]] = frame_index + cfg.revision_interval_frames
         for r in np.flatnonzero(old_identity != new_identity):
             slot, new = int(slots[r]), int(new_identity[r])
             events.append(IdentityEvent(frame_index, int(self._frag_id[slot]), int(old_identity[r]), new,
                                         float(probability[r])))
-            if new and old_identity[r] == 0 and probability[r] >= cfg.reference_min_probability:
+            if (seed_references and new and old_identity[r] == 0
+                    and probability[r] >= self._cfg.reference_min_probability):
                 self._seed_reference(slot, new)
         if events:
             logger.debug("frame %d: %d identity decisions", frame_index, len(events))
         return events
+
+    def _decide_by_model(self, frame_index: int) -> list[IdentityEvent]:
+        """Joint decision of the alive fragments from the appearance model's evidence.
+
+        Each fragment's identity posterior is the softmax of its summed image log-probabilities
+        divided by the model's temperature. Whenever a fragment is due (new with
+        ``decision_samples`` images under this model, or due for revision), every alive fragment
+        with evidence takes part in one Hungarian assignment that maximises the summed log
+        posterior; a holder without evidence yet (the model just changed) keeps its identity.
+        Probability: the posterior of the chosen identity among those that no other alive
+        fragment holds.
+        """
+        cfg, cap = self._cfg, self._capacity
+        in_use, identity = self._in_use[:cap], self._identity[:cap]
+        current = self._evidence_model[:cap] == self._model_number
+        evidence = in_use & current & (self._evidence_count[:cap] > 0)
+        held = in_use & (identity > 0)
+        enough = evidence & (self._evidence_count[:cap] >= cfg.decision_samples)
+        due = (held & (self._next_revision[:cap] <= frame_index)) | (in_use & (identity == 0) & enough)
+        if not (due & evidence).any():
+            return []
+        slots = np.flatnonzero(evidence & ((identity > 0) | enough))
+        slots = slots[np.argsort(self._frag_id[slots], kind="stable")]
+        kept = identity[held & ~evidence]
+        available = np.setdiff1d(np.arange(1, self._n + 1), kept)
+        z = self._evidence[slots] / self._model.temperature
+        log_post = z - z.max(axis=1, keepdims=True)
+        log_post -= np.log(np.exp(log_post).sum(axis=1, keepdims=True))
+        new_identity = np.zeros(slots.size, np.int32)
+        if available.size:
+            rows, cols = linear_sum_assignment(log_post[:, available - 1], maximize=True)
+            new_identity[rows] = available[cols]
+        # P2: the chosen identity against those no other alive fragment holds
+        others = np.zeros((slots.size, self._n), bool)
+        for ident in np.concatenate([kept, new_identity[new_identity > 0]]).tolist():
+            others[:, ident - 1] = True
+        rows = np.flatnonzero(new_identity > 0)
+        others[rows, new_identity[rows] - 1] = False
+        post = np.exp(np.where(others, -np.inf, log_post))
+        total = post.sum(axis=1)
+        probability = np.zeros(slots.size, np.float32)
+        probability[rows] = post[rows, new_identity[rows] - 1] / np.maximum(total[rows], 1e-300)
+        refreshed = due[slots]
+        self._next_revision[slots[refreshed]] = frame_index + cfg.revision_interval_frames
+        return self._record(frame_index, slots, new_identity, probability, seed_references=False)

@@ -15,11 +15,13 @@ from typing import Callable
 
 import numpy as np
 
+from .appearance import FeatureShape, identity_features
 from .config import Config
 from .errors import ToxrtError
 from .features import blob_shapes, estimate_animal_size, identification_image_size
 from .fragments import Linker
 from .identity import LiveIdentities
+from .live_appearance import LiveAppearance, Observation
 from .segment import SegmentationParams, Segmenter, compute_background, roi_mask_from_list, segment_sample_frames
 from .source import FrameSource
 from .types import Frame, FrameResult, Status
@@ -40,6 +42,7 @@ class Setup:
     body_length_px: float
     crop_size: int  # side of the identification images
     max_distance_px: float  # linking gate
+    frames_per_second: float = 25.0
 
 
 def prepare(config: Config, source: FrameSource) -> Setup:
@@ -69,7 +72,7 @@ def prepare(config: Config, source: FrameSource) -> Setup:
     gate = config.linking.max_distance_px or config.linking.max_distance_body_lengths * body_length
     log.info("animal size: %.0f px, body length %.1f px, identification images %dx%d, gate %.1f px",
              single_area, body_length, crop, crop, gate)
-    return Setup(background, roi, n_animals, single_area, body_length, crop, gate)
+    return Setup(background, roi, n_animals, single_area, body_length, crop, gate, float(source.fps or 25.0))
 
 
 WARM_UP_STEPS = 30
@@ -79,16 +82,18 @@ def warm_up(config: Config, setup: Setup, image: np.ndarray) -> None:
     """Step a throw-away tracker on one frame, ``WARM_UP_STEPS`` times, so that the first real
     frames pay no one-time cost (numba kernels loaded from their cache or compiled, first calls
     into OpenCV and SciPy, identity decisions and revisions): a real-time session would drop them."""
-    tracker = LiveTracker(config, setup)
+    tracker = LiveTracker(config, setup, learn=False)
     for k in range(WARM_UP_STEPS):
         tracker.step(Frame(k, k / 25.0, image))
     tracker.close()
+    identity_features(np.zeros((1, setup.crop_size, setup.crop_size), np.uint8),
+                      FeatureShape(setup.crop_size, config.appearance.band_fraction))
 
 
 class LiveTracker:
     """Segmentation -> linking -> live identities, for one frame at a time (no future frames)."""
 
-    def __init__(self, config: Config, setup: Setup):
+    def __init__(self, config: Config, setup: Setup, learn: bool = True, synchronous_learner: bool = False):
         params = SegmentationParams.from_config(config, setup.crop_size, setup.single_animal_area)
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self._segmentation = (params, setup.background, setup.roi_mask)
@@ -99,6 +104,12 @@ class LiveTracker:
         # Live (identity, probability) of recent fragments, least recently seen first; bounded.
         self._fragment_identity: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self._remembered_fragments = 64 + 8 * setup.number_of_animals
+        # The appearance model learned during the session (None: ToxId alone decides).
+        self.feature_shape = FeatureShape(setup.crop_size, config.appearance.band_fraction)
+        self.learner = None
+        if learn and config.appearance.live and setup.number_of_animals >= 2:
+            self.learner = LiveAppearance(config.appearance, self.feature_shape, setup.number_of_animals,
+                                          setup.frames_per_second, synchronous=synchronous_learner)
 
     def detector(self) -> Callable[[Frame], Frame]:
         """Segmentation and features for another thread (with buffers of its own): a frame -> the
@@ -119,9 +130,19 @@ class LiveTracker:
             blobs.is_crossing[:] = False
         link = self.linker.update(blobs)
         blobs.is_crossing = link.is_crossing  # size-flagged or merged, as the linker decided
+        individual = np.flatnonzero(~link.is_crossing)
+        features = model = log_proba = None
+        if self.learner is not None:
+            features = identity_features(blobs.crop[individual], self.feature_shape)
+            model = self.learner.snapshot()
+            log_proba = model.log_proba(features) if model is not None else None
         identity, probability, events = self.identities.update(
-            frame.index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended
+            frame.index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended, model, log_proba
         )
+        if self.learner is not None:
+            all_apart = individual.size == self.number_of_animals == len(blobs)
+            self.learner.observe(Observation(frame.index, link.fragment[individual], features,
+                                             identity[individual], all_apart))
         status = np.where(link.is_crossing, np.uint8(Status.CROSSING), np.uint8(Status.MEASURED))
         known = self._fragment_identity
         for fragment, ident, prob in zip(link.fragment.tolist(), identity.tolist(), probability.tolist()):
@@ -157,5 +178,7 @@ class LiveTracker:
         )
 
     def close(self) -> np.ndarray:
-        """End every live fragment; returns their ids."""
+        """End every live fragment (and the appearance learner); returns their ids."""
+        if self.learner is not None:
+            self.learner.close()
         return self.linker.close()

@@ -109,6 +109,10 @@ def run_session(
         loop = _run_loop(source, tracker, writer, link, progress, stop, on_frame)
         writer.write_events({"type": "fragment_end", "fragment": int(f), "frame": loop["last_frame"]}
                             for f in tracker.close())
+        if tracker.learner is not None:
+            stats = tracker.learner.stats
+            loop.update(live_model_trainings=stats.trainings, live_model_from_frame=stats.seeded_at_frame,
+                        live_model_dropped_frames=stats.dropped_frames)
         writer.update_meta(frames_tracked=loop["frames"], stopped_early_at=source.stopped_early_at,
                            interrupted=loop["interrupted"], frames_dropped=loop["frames_dropped"])
     finally:

@@ -1,0 +1,284 @@
+"""The appearance model learned during a live session, in a background thread.
+
+The frame loop hands each frame's individual blobs to :meth:`LiveAppearance.observe` (fragment
+ids, identity features, the live identities) and reads the latest model with
+:meth:`LiveAppearance.snapshot`; it never waits for the learner. The learner sees only frames that
+were already tracked, so it never looks ahead.
+
+What the learner does with them (``accumulation.py`` explains the rules; this is their online form):
+
+1. It keeps the recent fragments with a spread sample of their images (at most
+   ``images_per_fragment`` each), and the frames where all N animals are apart (global fragments).
+2. Once a global fragment has ``min_images`` images in every fragment, it seeds the model: each of
+   its fragments keeps the identity the live stage gave it, so the model speaks the published
+   numbering.
+3. Every ``live_retrain_interval_s`` of video it trains the model on the accepted images, scores
+   the other recent fragments, accepts those that pass the accumulation's checks (never an
+   identity that a coexisting accepted fragment holds), trains again and publishes the model.
+   A held-out fit (2 folds over the accepted fragments) gives the temperature that turns summed
+   image log-probabilities into honest fragment probabilities.
+
+Memory is bounded: ``live_images_per_identity`` training images per identity (a ring: the oldest
+go first), and fragments that ended more than ``FORGET_AFTER_RETRAINS`` retrain intervals ago are
+forgotten. With ``synchronous=True`` the learner works inside ``observe`` (tests: deterministic).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .accumulation import certainty, fit_temperature
+from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
+from .config import AppearanceConfig
+
+log = logging.getLogger(__name__)
+
+FORGET_AFTER_RETRAINS = 5  # an ended, unaccepted fragment stays a candidate this many retrains
+MAX_PENDING_FRAMES = 2000  # observations queued for the learner; beyond, the oldest are dropped
+ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
+MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
+
+
+@dataclass
+class Observation:
+    """One tracked frame as the learner sees it (plain arrays, owned by the learner once given).
+
+    fragment int64 (k,) and features float32 (k, d) of the frame's individual blobs; identity
+    int32 (k,) their live identities; all_apart: the frame shows N individual blobs and no crossing.
+    """
+
+    frame: int
+    fragment: np.ndarray
+    features: np.ndarray
+    identity: np.ndarray
+    all_apart: bool
+
+
+@dataclass
+class _Fragment:
+    start: int
+    end: int
+    seen: int = 0
+    images: list = field(default_factory=list)  # feature rows, every ``stride``-th image
+    stride: int = 1
+    live_identity: int = 0
+    label: int = 0  # accepted identity, 0 while a candidate
+
+
+@dataclass
+class LearnerStats:
+    trainings: int = 0
+    dropped_frames: int = 0  # observations dropped because the learner was too far behind
+    accepted_fragments: int = 0
+    seeded_at_frame: int = -1
+
+
+class LiveAppearance:
+    """See the module docstring. ``fps`` converts ``live_retrain_interval_s`` into frames."""
+
+    def __init__(self, cfg: AppearanceConfig, shape: FeatureShape, number_of_animals: int, fps: float,
+                 synchronous: bool = False):
+        self.cfg, self.shape, self.n = cfg, shape, int(number_of_animals)
+        self.retrain_frames = max(1, int(round(cfg.live_retrain_interval_s * max(fps, 1e-3))))
+        self.stats = LearnerStats()
+        self._model = AppearanceModel(shape, self.n)
+        self._snapshot: ModelSnapshot | None = None
+        self._fragments: dict[int, _Fragment] = {}
+        self._global_sets: dict[tuple[int, ...], int] = {}
+        self._pool = np.zeros((self.n, cfg.live_images_per_identity, shape.size), np.float32)
+        self._pool_count = np.zeros(self.n, np.int64)  # images ever added per identity (ring position)
+        self._last_frame = -1
+        self._next_training = 0
+        self._pending: collections.deque[Observation] = collections.deque()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = None
+        if not synchronous:
+            self._thread = threading.Thread(target=self._run, name="toxrt-appearance", daemon=True)
+            self._thread.start()
+
+    # -- frame loop side ---------------------------------------------------------------------------
+
+    def observe(self, observation: Observation) -> None:
+        """Hand over one frame (O(1) in the frame loop; the arrays must not be changed afterwards)."""
+        if self._thread is None:
+            self._ingest(observation)
+            return
+        if len(self._pending) >= MAX_PENDING_FRAMES:
+            self._pending.popleft()
+            self.stats.dropped_frames += 1
+        self._pending.append(observation)
+        self._wake.set()
+
+    def snapshot(self) -> ModelSnapshot | None:
+        """The latest trained model, or None before the first global fragment."""
+        return self._snapshot
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- learner side ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:  # a background learner must not take cores from the frame loop (Linux: per-thread nice)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
+        while not self._closed:
+            self._wake.wait(timeout=0.5)
+            self._wake.clear()
+            while self._pending and not self._closed:
+                try:
+                    self._ingest(self._pending.popleft())
+                except Exception:  # the live stage goes on with what it has; the log says why
+                    log.exception("appearance learner: frame failed")
+
+    def _ingest(self, obs: Observation) -> None:
+        self._last_frame = obs.frame
+        cap = max(2, self.cfg.images_per_fragment)
+        for k, f in enumerate(obs.fragment.tolist()):
+            record = self._fragments.get(f)
+            if record is None:
+                record = self._fragments[f] = _Fragment(obs.frame, obs.frame)
+            record.end = obs.frame
+            if record.seen % record.stride == 0:
+                record.images.append(obs.features[k])
+                if len(record.images) > cap:  # keep an even spread: every other image, twice the stride
+                    record.images = record.images[::2]
+                    record.stride *= 2
+            record.seen += 1
+            if obs.identity[k] > 0:
+                record.live_identity = int(obs.identity[k])
+        if obs.all_apart and obs.fragment.size == self.n:
+            self._global_sets.setdefault(tuple(sorted(obs.fragment.tolist())), obs.frame)
+        # Until the first model, every frame that completes a global fragment may seed it.
+        due = obs.frame >= self._next_training or (self._snapshot is None and obs.all_apart)
+        if due:
+            trained = self._train()
+            if trained or self._snapshot is not None:
+                # A young model learns fast: the interval doubles from the seed up to the configured one.
+                young = max(MIN_RETRAIN_FRAMES, obs.frame - self.stats.seeded_at_frame)
+                self._next_training = obs.frame + min(self.retrain_frames, young)
+            self._forget(obs.frame)
+
+    def _forget(self, frame: int) -> None:
+        horizon = frame - FORGET_AFTER_RETRAINS * self.retrain_frames
+        for f in [f for f, r in self._fragments.items() if r.end < horizon]:
+            del self._fragments[f]
+        for key in [k for k in self._global_sets if any(f not in self._fragments for f in k)]:
+            del self._global_sets[key]
+
+    def _seed(self) -> bool:
+        best, best_len = None, -1
+        for members in self._global_sets:
+            shortest = min(len(self._fragments[f].images) for f in members)
+            if shortest >= self.cfg.min_images and shortest > best_len:
+                best, best_len = members, shortest
+        if best is None:
+            return False
+        live = [self._fragments[f].live_identity for f in best]
+        labels = [i if 0 < i <= self.n and live.count(i) == 1 else 0 for i in live]
+        free = iter(sorted(set(range(1, self.n + 1)) - set(labels)))
+        for f, label in zip(best, labels):
+            self._accept(f, label or next(free))
+        self.stats.seeded_at_frame = self._last_frame
+        log.info("appearance model seeded at frame %d from %d fragments", self._last_frame, len(best))
+        return True
+
+    def _accept(self, f: int, label: int) -> None:
+        record = self._fragments[f]
+        record.label = label
+        ring = self._pool.shape[1]
+        images = np.asarray(record.images, np.float32)[-ring:]
+        slots = (self._pool_count[label - 1] + np.arange(images.shape[0])) % ring
+        self._pool[label - 1, slots] = images
+        self._pool_count[label - 1] += images.shape[0]
+        self.stats.accepted_fragments += 1
+
+    def _fit(self, exclude_parity: int | None = None) -> ModelSnapshot | None:
+        """The model on the pool (without its odd or even rows when asked), None with < 2 identities."""
+        ring = np.arange(self._pool.shape[1])
+        use = ring[None, :] < np.minimum(self._pool_count, ring.size)[:, None]
+        if exclude_parity is not None:
+            use &= (ring % 2 != exclude_parity)[None, :]
+        labels = np.repeat(np.arange(1, self.n + 1), use.sum(axis=1))
+        if np.unique(labels).size < 2:
+            return None
+        return self._model.fit(self._pool[use], labels)
+
+    def _train(self) -> bool:
+        """Seed if needed, accumulate, publish a new model; False when there is nothing to learn yet."""
+        if self.n < 2 or (self._snapshot is None and not self._seed()):
+            return False
+        model = self._fit()
+        for _ in range(ROUNDS_PER_RETRAIN):
+            if model is None or self._accept_candidates(model) == 0:
+                break
+            model = self._fit()
+        if model is None:
+            return False
+        self._snapshot = ModelSnapshot(model.identities, model.coef, model.intercept, self.n, self._temperature())
+        self.stats.trainings += 1
+        return True
+
+    def _temperature(self) -> float:
+        """Fit on the even pool images, score the odd ones: the temperature of summed log-probabilities."""
+        model = self._fit(exclude_parity=1)
+        if model is None:
+            return 1.0
+        held = np.minimum(self._pool_count, self._pool.shape[1])
+        loglik, labels = [], []
+        for i in range(self.n):
+            odd = np.arange(1, int(held[i]), 2)
+            for chunk in np.array_split(odd, max(1, odd.size // max(self.cfg.min_images, 1))):
+                if chunk.size:
+                    loglik.append(model.log_proba(self._pool[i, chunk]).sum(axis=0))
+                    labels.append(i)
+        if not labels:
+            return 1.0
+        return fit_temperature(np.array(loglik, np.float64), np.array(labels))
+
+    def _accept_candidates(self, model: ModelSnapshot) -> int:
+        """One accumulation round over the recent fragments; returns how many were accepted."""
+        open_ids = [f for f, r in self._fragments.items() if r.label == 0 and len(r.images) >= self.cfg.min_images]
+        if not open_ids:
+            return 0
+        p1 = {f: np.exp(model.log_proba(np.asarray(self._fragments[f].images, np.float32))).mean(axis=0)
+              for f in open_ids}
+        accepted = 0
+        for members in self._global_sets:
+            todo = [f for f in members if self._fragments[f].label == 0]
+            if not todo or any(f not in p1 for f in todo):
+                continue
+            p2 = np.stack([self._p2(p1[f], f) for f in todo])
+            best = p2.argmax(axis=1)
+            if len(set(best.tolist())) == len(todo) and (p2[np.arange(len(todo)), best] >= self.cfg.global_acceptance).all():
+                for f, i in zip(todo, best.tolist()):
+                    self._accept(f, i + 1)
+                    accepted += 1
+        ranked = sorted(((certainty(self._p2(p1[f], f), len(self._fragments[f].images)), f) for f in open_ids
+                         if self._fragments[f].label == 0), reverse=True)
+        for _, f in ranked:
+            p2 = self._p2(p1[f], f)
+            if p2.max() > 0 and certainty(p2, len(self._fragments[f].images)) >= self.cfg.certainty:
+                self._accept(f, int(p2.argmax()) + 1)
+                accepted += 1
+        return accepted
+
+    def _p2(self, p1: np.ndarray, f: int) -> np.ndarray:
+        """p1 without the identities of accepted fragments that coexist with f, renormalised."""
+        me = self._fragments[f]
+        p = p1.copy()
+        for other in self._fragments.values():
+            if other.label and other is not me and other.start <= me.end and me.start <= other.end:
+                p[other.label - 1] = 0.0
+        total = p.sum()
+        return p / total if total > 0 else p
