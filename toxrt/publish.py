@@ -82,7 +82,10 @@ def decode(payload: bytes) -> dict:
     Raises ``ValueError`` for anything that is not one map.
     """
     if payload[:1] == b"{":
-        message = json.loads(payload)
+        try:
+            message = json.loads(payload)
+        except RecursionError:  # raised by the C parser for JSON nested ~1000 deep
+            raise ValueError("JSON nested too deeply") from None
     else:
         try:
             message = msgpack.unpackb(payload, raw=False, strict_map_key=False)

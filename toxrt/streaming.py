@@ -107,7 +107,8 @@ class LiveLink:
             counts.update(published=self.publisher.sent, publish_dropped=self.publisher.dropped,
                           publish_address=self.publisher.address)
         if self.markers is not None:
-            counts.update(markers_received=self.markers.received, markers_rejected=self.markers.rejected)
+            counts.update(markers_received=self.markers.received, markers_rejected=self.markers.rejected,
+                          markers_too_large=self.markers.too_large, markers_overflow=self.markers.overflow)
         return counts
 
     def close(self) -> None:
