@@ -5,6 +5,7 @@
     toxrt simulate OUT_DIR --animals 8 --frames 1500
     toxrt evaluate SESSION GROUND_TRUTH.csv
     toxrt refine SESSION
+    toxrt finish SESSION
     toxrt listen [ADDRESS]
 
 Any parameter-file key can be given as a flag with the same name (tables with a dot). User
@@ -161,6 +162,15 @@ def cmd_refine(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_finish(args: argparse.Namespace, extra: list[str]) -> int:
+    from .finish import finish_recorded_session
+
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+    _print_summary(finish_recorded_session(Path(args.session)))
+    return 0
+
+
 def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
     from .client import listen
 
@@ -212,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("session")
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=cmd_refine)
+
+    finish = commands.add_parser("finish", help="write the trajectories of a session whose run was killed")
+    finish.add_argument("session", help="session folder")
+    finish.set_defaults(run=cmd_finish)
 
     listen = commands.add_parser("listen", help="print the live position stream")
     listen.add_argument("address", nargs="?", default="tcp://127.0.0.1:5556")

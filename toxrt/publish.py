@@ -298,6 +298,7 @@ class Publisher:
         self.dropped = 0
         self.source_dropped = 0  # frames the source dropped, reported in status (set by the caller)
         self.subscriptions = 0  # subscribe minus unsubscribe messages seen
+        self.status_fields: dict[str, Any] = {}  # added to every status message (set by the caller)
         self.meter = StatusMeter(status_interval_s)
         self._closed = False
 
@@ -356,7 +357,8 @@ class Publisher:
         self.poll_subscriptions()
         message = {"v": SCHEMA_VERSION, "t_publish": now, **self.meter.snapshot(now),
                    "published": self.sent, "dropped_publish": self.dropped,
-                   "dropped_source": int(self.source_dropped), "subscriptions": self.subscriptions, **extra}
+                   "dropped_source": int(self.source_dropped), "subscriptions": self.subscriptions,
+                   **self.status_fields, **extra}
         return self._send(TOPIC_STATUS, encode(message, self.fmt))
 
     # -- subscriptions --------------------------------------------------------------------------

@@ -101,6 +101,12 @@ class LiveLink:
                     self.stop_requested = True
         return to_record
 
+    def report_recording(self, stats: Any) -> None:
+        """Put the session writer's flush lag (``WriterStats``) into the next status messages."""
+        if self.publisher is not None:
+            self.publisher.status_fields["flush_lag_s"] = stats.flush_lag_s
+            self.publisher.status_fields["flush_lag_max_s"] = stats.max_flush_lag_s
+
     def counters(self) -> dict:
         counts: dict = {}
         if self.publisher is not None:
