@@ -131,7 +131,7 @@ class SimConfig:
     height: int = _opt(480, *_between(64, 8192))
     frames: int = _opt(1500, *_between(1, 100_000_000))
     fps: float = _opt(25.0, *_between(0, 10_000, open_lo=True))
-    seed: int = _opt(0, *_between(0, 2**63 - 1))
+    seed: int = _opt(0, *_between(0, 2**32 - 1))
     body_length_px: float = _opt(28.0, *_between(6, 1000))
     speed_body_lengths: float = _opt(0.12, *_between(0, 10, open_lo=True))
     blur_sigma: float = _opt(0.7, *_between(0, 50))
