@@ -127,3 +127,35 @@ def test_finish_errors_are_one_line(tmp_path):
         assert result.stderr.strip().splitlines()[-1].startswith("toxrt: error:")
 
 
+
+
+FULL_DISK = textwrap.dedent("""
+    import resource, signal, sys
+    from toxrt.cli import main
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes beyond the limit fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+    sys.exit(main(sys.argv[2:]))
+""")
+
+
+def test_a_full_disk_ends_with_one_clean_line_and_no_traceback(tmp_path):
+    params = arena_params(tmp_path, frames=300, realtime=False)
+    # 1. the disk fills while recording (the identification images outgrow it first)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, "200000", "track", "--load", str(params), "--quiet"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("toxrt: error:")
+    assert "File too large" in result.stderr.strip().splitlines()[-1]
+    # 2. the recording fits (small chunks: real time at 50 fps) but the trajectories do not: the
+    # session is not complete, and the error says what to do
+    params = arena_params(tmp_path, frames=300, realtime=True)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, "20000", "track", "--load", str(params), "--quiet",
+                             "--overwrite", "--recording.identification_images", "false"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "cannot write the trajectories" in result.stderr and "toxrt finish" in result.stderr
+    session = tmp_path / "session_killed"
+    assert json.loads((session / "session.json").read_text())["complete"] is False
+    finished = toxrt("finish", str(session))
+    assert finished.returncode == 0, finished.stderr
+    assert json.loads((session / "session.json").read_text())["complete"] is True

@@ -285,9 +285,12 @@ class SessionWriter:
         atexit.unregister(self._close_at_exit)
         if self._put_waiting(_STOP):
             self._thread.join()
-        if self._crops_handle is not None:
-            self._crops_handle.close()
-        self._events_handle.close()
+        for handle in (self._crops_handle, self._events_handle):
+            try:
+                if handle is not None:
+                    handle.close()  # flushes: fails again on a full disk
+            except OSError as exc:
+                self._error = self._error or exc
         self._release_own_lock()
         if self._error is not None:
             raise SessionError(f"{self.session_dir}: the session writer failed: {self._error}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .config import Config, config_to_dict, to_toml
-from .errors import ToxrtError
+from .errors import SessionError, ToxrtError
 from .fusion import fuse_fragments
 from .output import assemble_trajectories, write_trajectories
 from .pipeline import LiveTracker, prepare
@@ -238,8 +238,12 @@ def finish_session(folder: Path, config: Config, number_of_animals: int, extra: 
     )
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-live")
-    written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
-                                 config.trajectories_formats)
+    try:
+        written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
+                                     config.trajectories_formats)
+    except OSError as exc:  # a full disk: the recording is whole, only the outputs are missing
+        raise SessionError(f"{folder / 'trajectories'}: cannot write the trajectories: {exc.strerror or exc}; "
+                           f"make room and run `toxrt finish {folder}`") from None
     individual = session.fragments[~session.fragments["is_crossing"]]
     identified = ~np.isnan(trajectories[..., 0])
     confidence = probabilities[..., 0][identified]
