@@ -86,12 +86,12 @@ class SegmentationConfig:
 
 @dataclass(frozen=True)
 class LinkingConfig:
-    max_distance_body_lengths: float = _opt(1.0, *_between(0, 100, open_lo=True))
-    max_distance_px: float = _opt(0.0, *_between(0, 100_000, open_lo=True, zero=True))
-    max_size_change: float = _opt(0.8, *_between(0, 1000, open_lo=True))
+    max_distance_body_lengths: float = _opt(1.0, *_between(0.01, 100))
+    max_distance_px: float = _opt(0.0, *_between(0.01, 100_000, zero=True))
+    max_size_change: float = _opt(0.8, *_between(0.001, 1000))
     max_unmatched_frames: int = _opt(3, *_between(0, 10_000))
-    process_noise: float = _opt(1.0, *_between(0, 1e6, open_lo=True))
-    measurement_noise: float = _opt(1.0, *_between(0, 1e6, open_lo=True))
+    process_noise: float = _opt(1.0, *_between(1e-6, 1e6))
+    measurement_noise: float = _opt(1.0, *_between(1e-6, 1e6))
     crossing_release_frames: int = _opt(5, *_between(1, 10_000))
 
 
@@ -106,7 +106,7 @@ class IdentityConfig:
     unseen_identity_similarity: float = _opt(0.2, _unit_interval, "between 0 and 1")
     max_shape_difference: float = _opt(0.0, *_between(0, 1e6))
     gauss_mu: float = _opt(1.0, lambda v: -1.0 <= v <= 1.0, "between -1 and 1 (a correlation)")
-    gauss_sigma: float = _opt(0.05, *_between(0, 10, open_lo=True))
+    gauss_sigma: float = _opt(0.05, *_between(0.001, 10))
     correlation_levels: int = _opt(20, *_between(2, 10_000))
     long_fragment_samples: int = _opt(50, *_between(1, 1_000_000))
     fusion_samples: int = _opt(12, *_between(1, 10_000))
@@ -121,7 +121,7 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class RecordingConfig:
     identification_images: bool = _opt(True)
-    flush_interval_s: float = _opt(0.5, lambda v: 0 < v <= 1.0, "in (0, 1]")
+    flush_interval_s: float = _opt(0.5, *_between(0.01, 1))
     queue_frames: int = _opt(4000, *_between(1, 1_000_000))
 
 
@@ -130,10 +130,10 @@ class SimConfig:
     width: int = _opt(640, *_between(64, 8192))
     height: int = _opt(480, *_between(64, 8192))
     frames: int = _opt(1500, *_between(1, 100_000_000))
-    fps: float = _opt(25.0, *_between(0, 10_000, open_lo=True))
+    fps: float = _opt(25.0, *_between(0.01, 10_000))
     seed: int = _opt(0, *_between(0, 2**32 - 1))
     body_length_px: float = _opt(28.0, *_between(6, 1000))
-    speed_body_lengths: float = _opt(0.12, *_between(0, 10, open_lo=True))
+    speed_body_lengths: float = _opt(0.12, *_between(0.0001, 10))
     blur_sigma: float = _opt(0.7, *_between(0, 50))
     noise_sigma: float = _opt(3.0, *_between(0, 255))
     uneven_light: float = _opt(0.15, _unit_interval, "between 0 and 1")
@@ -154,7 +154,7 @@ class StreamingConfig:
                                "empty (off) or a ZeroMQ address such as tcp://127.0.0.1:5557 (port 1..65535 or *)")
     allow_remote: bool = _opt(False)  # bind publish/marker sockets on non-loopback addresses
     publish_hwm: int = _opt(1000, *_between(1, 1_000_000))
-    source_timeout_s: float = _opt(3.0, *_between(0, 3600, open_lo=True))  # open/read timeout of streams
+    source_timeout_s: float = _opt(3.0, *_between(0.01, 3600))  # open/read timeout of streams
     wait_for_subscriber_s: float = _opt(0.0, *_between(0, 3600))
 
 
@@ -172,7 +172,7 @@ class Config:
     tracking_intervals: list[list[int]] = _opt([])
     output_dir: str = _opt("", lambda v: not control_characters(v), "a path without control characters")
     trajectories_formats: list[str] = _opt(["npy", "csv"])
-    frames_per_second: float = _opt(0.0, *_between(0, 10_000, zero=True, open_lo=True))
+    frames_per_second: float = _opt(0.0, *_between(0.01, 10_000, zero=True))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
