@@ -393,3 +393,43 @@ def test_toxrt_track_stops_cleanly_on_sigterm(tmp_path):
     assert 10 <= meta["summary"]["frames"] < 30000
     assert (session_dir / "trajectories" / "trajectories.npy").is_file()
     assert str(session_dir / "trajectories") in out
+
+
+HOSTILE_SENDER = r"""
+import sys, time, msgpack, zmq
+address = sys.argv[1]
+push = zmq.Context().socket(zmq.PUSH)
+push.setsockopt(zmq.LINGER, 30000)
+push.connect(address)
+hostile = [
+    msgpack.packb({"label": "bin", "payload": {"raw": b"\x00\x01"}}, use_bin_type=True),
+    msgpack.packb({"label": "ts", "payload": {"when": msgpack.Timestamp(1700000000, 0)}}),
+    b'{"label": "deep", "payload": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    b"{" + b" " * (10 * 1024 * 1024) + b"}",
+]
+for payload in hostile:
+    push.send(payload)
+push.send(msgpack.packb({"label": "after", "t_sent": time.time(), "payload": {"n": 1}}))
+time.sleep(1.0)
+push.send(msgpack.packb({"label": "toxrt.stop", "t_sent": time.time()}))
+push.close()
+"""
+
+
+def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_on(tmp_path):
+    config = arena_config(tmp_path, frames=3000, fps=50.0, animals=4)  # a minute: only a marker ends it
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sender = subprocess.Popen([sys.executable, "-c", HOSTILE_SENDER, config.streaming.marker_address], env=env)
+    try:
+        summary = run_session(config, progress=False, overwrite=True)
+        sender.wait(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    assert summary["interrupted"] and summary["frames"] < 3000  # the stop marker still got through
+    assert summary["markers_rejected"] == 4 and summary["markers_too_large"] == 1
+    assert summary["markers_received"] == 2
+    session = load_session(summary["session"])
+    assert session.meta["complete"]
+    assert [e["label"] for e in session.events if e["type"] == "marker"] == ["after", STOP_MARKER]
+    assert (Path(summary["session"]) / "trajectories" / "trajectories.npy").is_file()
