@@ -98,7 +98,7 @@ def test_every_numeric_key_has_an_explicit_finite_range():
     ("frames_per_second = inf", "frames_per_second: inf is out of range"),
     ("[sim]\nfps = 1e308", "sim.fps: 1e+308 is out of range"),
     ("[sim]\nblur_sigma = inf", "sim.blur_sigma: inf is out of range"),
-    ("number_of_animals = 1e18", "number_of_animals: 1000000000000000000 is out of range (0 or from 0 to 1000)"),
+    ("number_of_animals = 1e18", "number_of_animals: 1000000000000000000 is out of range (0 or from 1 to 1000)"),
     ("[identity]\nreference_samples = 1e12", "identity.reference_samples: 1000000000000 is out of range"),
     ("[identity]\ncorrelation_levels = 1e308", "identity.correlation_levels:"),
     ("[identity]\ngauss_mu = nan", "identity.gauss_mu: nan is not a usable value"),
@@ -145,3 +145,16 @@ def test_session_folder_stays_inside_output_dir(tmp_path):
 
     config = load_config(None, {"name": "ok.name-1", "video_paths": ["sim:x"], "output_dir": str(tmp_path)})
     assert session_folder(config).parent == tmp_path
+
+
+def test_default_toml_states_each_numeric_range_as_the_schema_checks_it():
+    lines = DEFAULT_TOML.read_text().splitlines()
+    table = ""
+    ranges = {}
+    for above, line in zip([""] + lines, lines):
+        if line.startswith("["):
+            table = line.strip("[]") + "."
+        elif " = " in line and not line.startswith("#"):
+            ranges[table + line.split(" = ")[0].strip()] = above
+    for key, f, _ in numeric_fields():
+        assert ranges[key] == f"# Range: {f.metadata['why']}.", key

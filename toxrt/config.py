@@ -33,8 +33,12 @@ def _between(lo: float, hi: float, zero: bool = False, open_lo: bool = False) ->
     """A range check and its description: lo <= v <= hi (lo < v when ``open_lo``), or v == 0 when ``zero``."""
     def check(value: float) -> bool:
         return (zero and value == 0) or ((lo < value if open_lo else lo <= value) and value <= hi)
-    why = f"{'above' if open_lo else 'from'} {lo:g} to {hi:g}"
+    why = f"above {_number(lo)}, up to {_number(hi)}" if open_lo else f"from {_number(lo)} to {_number(hi)}"
     return check, (f"0 or {why}" if zero else why)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
 
 
 def control_characters(text: str) -> list[str]:
@@ -162,7 +166,7 @@ class StreamingConfig:
 class Config:
     name: str = _opt("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
     video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v), "paths without control characters")
-    number_of_animals: int = _opt(0, *_between(0, 1000, zero=True))
+    number_of_animals: int = _opt(0, *_between(1, 1000, zero=True))
     intensity_ths: list[float] = _opt([0.0, 155.0])
     area_ths: list[float] = _opt([50.0, math.inf])
     use_bkg: bool = _opt(False)
