@@ -433,3 +433,26 @@ def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_o
     assert session.meta["complete"]
     assert [e["label"] for e in session.events if e["type"] == "marker"] == ["after", STOP_MARKER]
     assert (Path(summary["session"]) / "trajectories" / "trajectories.npy").is_file()
+
+
+def test_the_flush_lag_reaches_status_messages_and_the_summary():
+    from toxrt.client import PositionClient
+    from toxrt.config import StreamingConfig
+    from toxrt.recording import WriterStats
+    from toxrt.session import summary_lines
+    from toxrt.streaming import LiveLink
+
+    link = LiveLink(StreamingConfig(publish_address=f"tcp://127.0.0.1:{free_port()}", marker_address=""))
+    try:
+        with PositionClient(link.publisher.address) as client:
+            assert link.publisher.wait_for_subscriber(b"status", timeout_s=10)
+            link.report_recording(WriterStats(flush_lag_s=1.25, max_flush_lag_s=2.5, slow_flushes=3))
+            link.publisher.publish_status()
+            deadline = time.monotonic() + 10
+            while client.status is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.status["flush_lag_s"] == 1.25 and client.status["flush_lag_max_s"] == 2.5
+    finally:
+        link.close()
+    lines = summary_lines({"writer_slow_flushes": 3, "writer_flush_lag_max_s": 2.5, "flush_interval_s": 0.5})
+    assert any("slow disk" in line and "up to 3.0 s" in line for line in lines)

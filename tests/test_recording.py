@@ -233,8 +233,8 @@ def test_tolerates_truncated_tail(tmp_path):
     chunks[-1].write_bytes(last[: len(last) // 2])
     crops = folder / "identification_images.u8"
     os.truncate(crops, crops.stat().st_size - CROP * CROP * 2 - 5)
-    with open(folder / "events.jsonl", "a") as handle:
-        handle.write('{"type": "ident')
+    with open(folder / "events.jsonl", "ab") as handle:
+        handle.write('{"type": "marker", "label": "café'.encode()[:-1])  # cut inside a UTF-8 character
     session = load_session(folder)
     kept = len(session.blobs)
     assert 0 < kept < len(complete.blobs)
@@ -509,3 +509,11 @@ def test_a_session_recorded_by_a_live_process_is_not_overwritten_and_a_dead_ones
         assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())
         writer.write_frame(make_result(0))
     assert not (folder / "toxrt.lock").exists()
+
+
+def test_a_parameter_file_that_is_not_utf8_is_one_line(tmp_path):
+    with open_writer(tmp_path / "s") as writer:
+        writer.write_frame(make_result(0))
+    (tmp_path / "s" / "parameters.toml").write_bytes(b'name = "\xff"\n')
+    with pytest.raises(SessionError, match="parameters.toml: not UTF-8"):
+        load_session(tmp_path / "s")
