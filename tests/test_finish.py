@@ -49,7 +49,8 @@ def wait_for_frames(session: Path, frames: int, process: subprocess.Popen, timeo
         if recorded >= frames:
             return recorded
         time.sleep(0.05)
-    raise AssertionError(f"the recording never reached {frames} frames: {process.stderr.read() if process.poll() is not None else ''}")
+    ended = process.stderr.read() if process.poll() is not None else ""
+    raise AssertionError(f"the recording never reached {frames} frames: {ended}")
 
 
 def assert_finished(session: Path, frames_at_least: int) -> dict:

@@ -165,7 +165,8 @@ class StreamingConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = _opt("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
-    video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v), "paths without control characters")
+    video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v),
+                                  "paths without control characters")
     number_of_animals: int = _opt(0, *_between(1, 1000, zero=True))
     intensity_ths: list[float] = _opt([0.0, 155.0])
     area_ths: list[float] = _opt([50.0, math.inf])

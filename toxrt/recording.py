@@ -10,9 +10,9 @@ Layout (see docs/architecture.md, "The session folder")::
     events.jsonl                 one JSON object per line
 
 Durability: the writer thread flushes what it holds once the oldest of it is ``flush_interval_s``
-old. A chunk is written to a temporary file and renamed, so a chunk either exists whole or not at all. Crops and event lines
-are appended and flushed to the operating system *before* the chunk that refers to them is
-renamed into place. No ``fsync`` is done: after a ``kill -9`` the kernel still writes the page
+old. A chunk is written to a temporary file and renamed, so a chunk either exists whole or not at
+all. Crops and event lines are appended and flushed to the operating system *before* the chunk
+that refers to them is renamed into place. No ``fsync`` is done: after a ``kill -9`` the kernel still writes the page
 cache out, so everything flushed survives; only a power cut or kernel crash can lose more, and
 the loader tolerates that too (a crop file shorter than the rows, a half-written last line).
 
@@ -170,35 +170,42 @@ class SessionWriter:
         self._own_lock = SessionLock(self.session_dir) if lock is None else None
         try:
             self._prepare_folder(overwrite)
+            self._meta = {
+                **meta,
+                "format": FORMAT,
+                "toxrt_version": __version__,
+                "identification_image_size": self._crop_size,
+                "histogram_bins": self._bins,
+                "identification_images": bool(cfg.identification_images),
+                "background": background is not None,
+                "complete": False,
+            }
+            self._start_files(parameters_toml, background)
+        except OSError as exc:  # a full disk or a read-only folder: one line, not a traceback
+            self._release_own_lock()
+            raise SessionError(f"{self.session_dir}: cannot write the session: {exc.strerror or exc}") from None
         except BaseException:
             self._release_own_lock()
             raise
         self._slow_warnings = WarningLimiter(log, first=3, every_s=30.0, clock=clock)
-        self._meta = {
-            **meta,
-            "format": FORMAT,
-            "toxrt_version": __version__,
-            "identification_image_size": self._crop_size,
-            "histogram_bins": self._bins,
-            "identification_images": bool(cfg.identification_images),
-            "background": background is not None,
-            "complete": False,
-        }
-        self._write_meta()
-        (self.session_dir / PARAMETERS_TOML).write_text(parameters_toml)
-        if background is not None:
-            image = np.clip(np.rint(background), 0, 255).astype(np.uint8)
-            if not cv2.imwrite(str(self.session_dir / BACKGROUND_PNG), image):
-                raise SessionError(f"{self.session_dir / BACKGROUND_PNG}: cannot write the background image")
         self._chunk_index = 0
         self._crop_rows = 0  # images in identification_images.u8 so far
         self._last_frame = -1
-        self._crops_handle = open(self.session_dir / CROPS_FILE, "ab") if cfg.identification_images else None
-        self._events_handle = open(self.session_dir / EVENTS_FILE, "a", encoding="utf-8")
         self._queue: queue.Queue = queue.Queue(maxsize=cfg.queue_frames)
         self._thread = threading.Thread(target=self._run, name="toxrt-session-writer", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)  # an unclosed writer still flushes when Python exits
+
+    def _start_files(self, parameters_toml: str, background: np.ndarray | None) -> None:
+        """session.json, parameters.toml, background.png, and the append-only files opened."""
+        self._write_meta()
+        (self.session_dir / PARAMETERS_TOML).write_text(parameters_toml, encoding="utf-8")
+        if background is not None:
+            image = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+            if not cv2.imwrite(str(self.session_dir / BACKGROUND_PNG), image):
+                raise SessionError(f"{self.session_dir / BACKGROUND_PNG}: cannot write the background image")
+        self._crops_handle = open(self.session_dir / CROPS_FILE, "ab") if self.cfg.identification_images else None
+        self._events_handle = open(self.session_dir / EVENTS_FILE, "a", encoding="utf-8")
 
     def _prepare_folder(self, overwrite: bool) -> None:
         folder = self.session_dir

@@ -282,7 +282,9 @@ def _update_meta(folder: Path, **fields) -> None:
 def remove_temporary_files(folder: Path) -> list[Path]:
     """Delete the ``*.tmp`` files a killed writer left in a session folder (never data: every file is
     renamed into place only once whole). Call it only while holding the folder's SessionLock."""
-    removed = [p for p in Path(folder).rglob("*.tmp") if p.is_file()]
+    folder = Path(folder)
+    candidates = [*folder.glob("*.tmp"), *(folder / "blobs").glob("*.tmp"), *(folder / "trajectories").rglob("*.tmp")]
+    removed = [p for p in candidates if p.is_file()]  # offline/ is refine's, which takes no lock
     for path in removed:
         path.unlink(missing_ok=True)
     if removed:
