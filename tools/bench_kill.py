@@ -10,6 +10,10 @@ Marker burst: a session runs while a stimulus process sends N valid markers, the
 (msgpack bin and Timestamp values, JSON nested 5,000 deep, 10 MB messages), then the stop marker;
 printed: markers recorded in events.jsonl, the session's counters and the log lines they cost.
 
+Stalled subscriber: a subscriber that stops reading while ``--stall`` frames are published; printed:
+the publisher's ``dropped`` (congestion episodes) against the positions the subscriber really lost
+(its gaps in ``seq``) and received.
+
     .venv/bin/python tools/bench_kill.py --trials 10 --slow-disk 1.5
     .venv/bin/python tools/bench_kill.py --markers 10000 --trials 0
 """
@@ -127,6 +131,34 @@ def marker_burst(folder: Path, count: int) -> dict:
             "stopped_by_marker": bool(summary.get("interrupted")), "complete": session.meta.get("complete")}
 
 
+def stalled_subscriber(total: int) -> dict:
+    import zmq
+
+    from toxrt.client import SeqCounter
+    from toxrt.publish import Publisher, decode
+
+    arrays = {"ids": np.arange(1, 21), "x": np.ones(20), "y": np.ones(20), "heading": np.zeros(20),
+              "area": np.ones(20), "status": np.zeros(20, np.uint8), "p": np.ones(20), "fragment": np.arange(20)}
+    with Publisher("tcp://127.0.0.1:*") as publisher:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"pos")
+        sub.connect(publisher.address)
+        publisher.wait_for_subscriber(b"pos")
+        for frame in range(total - 1):  # nobody reads meanwhile
+            publisher.publish_positions(frame, 0.0, **arrays)
+        counter, received = SeqCounter(), 0
+        while sub.poll(500):
+            counter.see(decode(sub.recv_multipart()[1])["seq"])
+            received += 1
+        publisher.publish_positions(total - 1, 0.0, **arrays)
+        if sub.poll(5000):
+            counter.see(decode(sub.recv_multipart()[1])["seq"])
+            received += 1
+        sub.close(linger=0)
+    return {"published": total, "publisher_dropped": publisher.dropped, "subscriber_lost_seq_gaps": counter.missed,
+            "subscriber_received": received}
+
+
 def _free_port() -> int:
     import socket
 
@@ -141,6 +173,7 @@ def main() -> None:
     parser.add_argument("--slow-disk", type=float, default=1.5, help="extra seconds per chunk write (0: skip)")
     parser.add_argument("--flush-interval", type=float, default=0.5)
     parser.add_argument("--markers", type=int, default=10000, help="valid markers in the burst (0: skip)")
+    parser.add_argument("--stall", type=int, default=3000, help="frames published to a stalled subscriber (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -166,6 +199,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             print(f"marker burst of {args.markers} valid + 21 hostile, then toxrt.stop: "
                   + json.dumps(marker_burst(Path(tmp), args.markers)))
+    if args.stall > 0:
+        print(f"stalled subscriber, default publish_hwm: {json.dumps(stalled_subscriber(args.stall))}")
     print(f"load {os.getloadavg()[0]:.2f} at the end")
 
 
