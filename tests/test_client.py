@@ -222,3 +222,12 @@ def test_lost_positions_are_counted_exactly_from_seq_gaps():
         sub.close(linger=0)
     assert counter.missed > 0 and received + counter.missed == total
     assert publisher.dropped < counter.missed  # the publisher's count is only a lower bound
+
+
+def test_a_port_beyond_65535_is_refused_everywhere():
+    """ZeroMQ would silently bind or connect port 99999 % 65536; every entry point refuses it."""
+    from toxrt.markers import MarkerSender
+
+    for make in (Publisher, MarkerReceiver, PositionClient, MarkerSender):
+        with pytest.raises(ToxrtError, match="port '99999'"):
+            make("tcp://127.0.0.1:99999")

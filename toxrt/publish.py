@@ -35,6 +35,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from .config import zmq_address_problem
 from .errors import ToxrtError
 from .types import FrameResult, IdentityEvent, Status
 
@@ -185,8 +186,9 @@ def bind_socket(socket: zmq.Socket, address: str, allow_remote: bool, key: str) 
     """Bind, refusing non-loopback addresses unless asked for, with one-line errors; returns the
     endpoint bound ("tcp://127.0.0.1:*" picks a free port). On failure the socket is closed."""
     try:
-        if "://" not in address:
-            raise ToxrtError(f"{key}: {address!r} is not a ZeroMQ address (e.g. tcp://127.0.0.1:5556)")
+        problem = zmq_address_problem(address)
+        if problem:
+            raise ToxrtError(f"{key}: {address!r} {problem}")
         if not allow_remote and not is_loopback_address(address):
             raise ToxrtError(f"{key}: {address} is reachable from other machines; bind 127.0.0.1 "
                              f"or set streaming.allow_remote = true to allow it")
