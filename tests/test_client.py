@@ -148,6 +148,7 @@ def malformed_positions() -> list[bytes]:
              "y": [1.0], "heading": [0.0], "area": [1.0], "status": [0], "p": [1.0], "fragment": [0]}
     broken = [
         {"v": 1, "seq": 1},  # the fields missing
+        {"v": 1, "seq": 10 ** 9},  # the seq of an invalid message is not trusted: no billion missed
         {**valid, "x": [1.0, 2.0]},  # arrays of unequal length
         {**valid, "id": ["one"]},  # a string where an identity goes
         {**valid, "frame": None},

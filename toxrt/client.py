@@ -114,8 +114,10 @@ class SeqCounter:
         self.missed = 0
         self.restarts = 0
 
-    def see(self, seq: Any) -> None:
-        if not _is_int(seq):
+    def see(self, seq: Any, valid: bool = True) -> None:
+        """Count ``seq`` of a received ``pos``. Of an invalid message only the very next seq is
+        taken (so that it is not counted missed too), never a jump: its seq cannot be trusted."""
+        if not _is_int(seq) or (not valid and seq != (self.last or 0) + 1):
             return
         if self.last is not None:
             if seq > self.last + 1:
@@ -181,8 +183,7 @@ class PositionClient:
             topic, payload = parts
             message = decode(payload)
             if topic == TOPIC_POS:
-                self._seq.see(message.get("seq"))
-                check_position(message)
+                self._check_position(message)
         except Exception as exc:  # noqa: BLE001 - a bad message is counted; the thread goes on
             self.rejected += 1
             self._warnings.warn(f"message rejected ({self.rejected} so far): {str(exc)[:200] or type(exc).__name__}")
@@ -196,6 +197,14 @@ class PositionClient:
                 self._events.append(message)
             elif topic == TOPIC_STATUS:
                 self.status = message
+
+    def _check_position(self, message: dict) -> None:
+        try:
+            check_position(message)
+        except ValueError:
+            self._seq.see(message.get("seq"), valid=False)
+            raise
+        self._seq.see(message["seq"])
 
     def _on_position(self, message: dict) -> None:
         self.received += 1
@@ -323,10 +332,14 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
                 topic, payload = parts
                 message = decode(payload)
                 if topic == TOPIC_POS:
-                    seq.see(message.get("seq"))
-                    counts["missed"] = seq.missed
-                    check_position(message)
+                    try:
+                        check_position(message)
+                    except ValueError:
+                        seq.see(message.get("seq"), valid=False)
+                        raise
+                    seq.see(message["seq"])
             except ValueError as exc:
+                counts["missed"] = seq.missed
                 counts["rejected"] += 1
                 warnings.warn(f"message rejected ({counts['rejected']} so far): {str(exc)[:200]}")
                 continue
@@ -338,6 +351,7 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
                           f"{ {k: v for k, v in message.items() if k not in ('v', 'type')} !r:.500}\n")
             elif topic == TOPIC_POS:
                 counts["frames"] += 1
+                counts["missed"] = seq.missed
                 if writer is not None:
                     _write_rows(writer, message, t_receive)
                 if t_receive - last_shown >= refresh_s:
