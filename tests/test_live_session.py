@@ -398,7 +398,8 @@ def test_toxrt_track_stops_cleanly_on_sigterm(tmp_path):
 HOSTILE_SENDER = r"""
 import sys, time, msgpack, zmq
 address = sys.argv[1]
-push = zmq.Context().socket(zmq.PUSH)
+context = zmq.Context()
+push = context.socket(zmq.PUSH)
 push.setsockopt(zmq.LINGER, 30000)
 push.connect(address)
 hostile = [
@@ -413,6 +414,7 @@ push.send(msgpack.packb({"label": "after", "t_sent": time.time(), "payload": {"n
 time.sleep(1.0)
 push.send(msgpack.packb({"label": "toxrt.stop", "t_sent": time.time()}))
 push.close()
+context.term()  # waits (up to the linger) until everything queued has left; exiting would drop it
 """
 
 

@@ -170,3 +170,36 @@ def test_rejection_warnings_are_rate_limited(caplog):
     lines = [r for r in caplog.records if r.name == "toxrt.markers"]
     assert len(lines) == 6  # five one by one, then one summary after ten seconds
     assert "in all" in lines[-1].getMessage()
+
+
+BURST_SENDER = r"""
+import sys
+from toxrt.markers import MarkerSender
+with MarkerSender(sys.argv[1], hwm=100000, linger_s=30.0) as sender:
+    for k in range(int(sys.argv[2])):
+        assert sender.send("tick", k=k, pad="x" * 60000)
+"""
+
+
+def test_a_sender_that_exits_right_after_sending_delivers_everything():
+    """Markers still queued in the sender when its script ends are delivered (within linger_s),
+    also to a receiver that is busy, as a tracking session is."""
+    import threading
+
+    count = 1500  # 90 MB: more than the receiving queue and the TCP buffers hold at once
+    busy = threading.Event()
+
+    def hog_the_interpreter():
+        while not busy.is_set():
+            sum(range(1000))
+
+    with MarkerReceiver(ANY_PORT, max_pending=100000) as receiver:
+        hog = threading.Thread(target=hog_the_interpreter, daemon=True)
+        hog.start()
+        try:
+            subprocess.run([sys.executable, "-c", BURST_SENDER, receiver.address, str(count)], check=True, timeout=120)
+        finally:
+            busy.set()
+            hog.join()
+        got = drain_until(receiver, count, timeout_s=60)
+    assert [m["payload"]["k"] for m in got] == list(range(count))

@@ -55,7 +55,8 @@ run_session(load_config(sys.argv[1]), progress=False, overwrite=True,
 MARKERS = r"""
 import sys, time, msgpack, zmq
 address, count = sys.argv[1], int(sys.argv[2])
-push = zmq.Context().socket(zmq.PUSH)
+context = zmq.Context()
+push = context.socket(zmq.PUSH)
 push.setsockopt(zmq.LINGER, 60000)
 push.setsockopt(zmq.SNDHWM, 0)
 push.connect(address)
@@ -71,6 +72,7 @@ for payload in hostile:
 time.sleep(1.0)
 push.send(msgpack.packb({"label": "toxrt.stop"}))
 push.close()
+context.term()  # waits (up to the linger) until everything queued has left; exiting would drop it
 """
 
 

@@ -168,13 +168,19 @@ class MarkerSender:
         if problem:
             raise ToxrtError(f"marker address {address!r} {problem}")
         self.fmt = check_format(fmt, "marker format")
-        self._socket = (context or zmq.Context.instance()).socket(zmq.PUSH)
+        # An own context, terminated on close: that is what waits for queued markers to leave
+        # (pyzmq never terminates contexts at interpreter exit, so they would be dropped).
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))  # lets the last markers go out on close
         try:
             self._socket.connect(address)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)
+            if self._own_context:
+                self._context.term()
             raise ToxrtError(f"cannot connect to {address}: {exc.strerror}") from None
         self.sent = self.dropped = 0
 
@@ -190,7 +196,12 @@ class MarkerSender:
         return True
 
     def close(self) -> None:
+        """Close; waits up to ``linger_s`` for queued markers to leave (with its own context)."""
+        if self._socket.closed:
+            return
         self._socket.close()
+        if self._own_context:
+            self._context.term()
 
     def __enter__(self) -> "MarkerSender":
         return self
