@@ -23,7 +23,7 @@ from toxrt.config import build_config, config_to_dict, load_config, to_toml
 from toxrt.live_source import RealtimeSource
 from toxrt.publish import SCHEMA_VERSION
 from toxrt.session_reader import load_session
-from toxrt.session import run_session
+from toxrt.session import run_session, summary_lines
 from toxrt.streaming import STOP_MARKER
 from toxrt.synthetic import SimulatedArena, write_simulation
 
@@ -435,6 +435,7 @@ def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_o
     assert session.meta["complete"]
     assert [e["label"] for e in session.events if e["type"] == "marker"] == ["after", STOP_MARKER]
     assert (Path(summary["session"]) / "trajectories" / "trajectories.npy").is_file()
+    assert any("4 markers rejected (1 too large" in line for line in summary_lines(summary))
 
 
 def test_the_flush_lag_reaches_status_messages_and_the_summary():

@@ -314,6 +314,9 @@ def summary_lines(summary: dict) -> list[str]:
         lag, interval = summary.get("writer_flush_lag_max_s", 0.0), summary.get("flush_interval_s", 0.0)
         lines.append(f"WARNING:     slow disk: {summary['writer_slow_flushes']} flushes were late, by up to "
                      f"{lag:.2f} s; a kill could have lost up to {interval + lag:.1f} s of tracking")
+    if summary.get("markers_rejected"):
+        lines.append(f"WARNING:     {summary['markers_rejected']} markers rejected ({summary.get('markers_too_large', 0)} "
+                     "too large, the rest not plain data); the first are in the log")
     if summary.get("frame_errors"):
         lines.append(f"WARNING:     {summary['frame_errors']} frames failed and were skipped (see the log)")
     lines += [f"output:      {p}" for p in summary.get("outputs", [])]
