@@ -3,7 +3,10 @@
 Top-level keys keep idtracker.ai's names where the meaning is the same; toxrt's own settings
 live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[recording]``, ``[sim]``).
 ``configs/default.toml`` documents every key with its default; a test keeps the two in step.
-Each stage receives only its own table.
+Every numeric key has an explicit, finite range (stated in default.toml too); nan is refused
+everywhere and inf wherever it means nothing (it is allowed only as the maximum of ``area_ths``).
+Names, paths and addresses are checked here, before anything is tracked. Each stage receives only
+its own table.
 """
 from __future__ import annotations
 
