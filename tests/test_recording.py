@@ -517,3 +517,27 @@ def test_a_parameter_file_that_is_not_utf8_is_one_line(tmp_path):
     (tmp_path / "s" / "parameters.toml").write_bytes(b'name = "\xff"\n')
     with pytest.raises(SessionError, match="parameters.toml: not UTF-8"):
         load_session(tmp_path / "s")
+
+
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """On a filesystem that cannot lock files (some network shares) the PID alone decides."""
+    import errno
+
+    from toxrt import session_lock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(session_lock.fcntl, "flock", no_flock)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / "toxrt.lock").write_text(f"{alive.pid} {session_lock.socket.gethostname()}\n")
+        with pytest.raises(SessionError, match=f"process {alive.pid}"):
+            session_lock.SessionLock(folder)
+    finally:
+        alive.kill()
+        alive.wait()
+    with session_lock.SessionLock(folder):  # the same PID, now dead: taken over
+        assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())

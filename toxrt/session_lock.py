@@ -4,17 +4,26 @@ The lock is an ``flock`` on ``<session>/toxrt.lock``, held from before the folde
 until the session is finished. The kernel releases it when the process ends in any way, ``kill -9``
 included, so a lock file left by a dead process is stale and simply taken over; the PID written in
 it serves only to name the live holder in the error. The file is removed on release.
+
+Where the filesystem has no ``flock`` (some network shares), the PID decides: a lock file naming a
+live process on this host is respected, any other is taken over (with a warning: two hosts
+recording one folder cannot be told apart there).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 import socket
 from pathlib import Path
 
 from .errors import SessionError
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = "toxrt.lock"
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class SessionLock:
@@ -37,8 +46,10 @@ class SessionLock:
                 raise SessionError(f"{self.path.parent}: is being recorded or finished by {holder}; "
                                    "wait for it or stop it first") from None
             except OSError as exc:
-                os.close(fd)
-                raise SessionError(f"{self.path}: cannot lock the session: {exc.strerror}") from None
+                if exc.errno not in _NO_FLOCK:
+                    os.close(fd)
+                    raise SessionError(f"{self.path}: cannot lock the session: {exc.strerror}") from None
+                self._check_pid_only(fd)
             if self._same_file(fd):
                 self._fd = fd
             else:  # the previous holder removed the file between our open and our flock: try again
@@ -57,6 +68,17 @@ class SessionLock:
             return os.path.samestat(os.fstat(fd), os.stat(self.path))
         except FileNotFoundError:
             return False
+
+    def _check_pid_only(self, fd: int) -> None:
+        """No flock here: refuse a lock file of a live process on this host, else take it over."""
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        if text and text[0].isdigit() and int(text[0]) != os.getpid() and \
+                (len(text) < 2 or text[1] == socket.gethostname()) and _alive(int(text[0])):
+            holder = self._holder(fd)
+            os.close(fd)
+            raise SessionError(f"{self.path.parent}: is being recorded or finished by {holder}; "
+                               "wait for it or stop it first")
+        log.warning("%s: the filesystem cannot lock files; relying on the PID in it", self.path)
 
     @staticmethod
     def _holder(fd: int) -> str:
@@ -85,3 +107,13 @@ class SessionLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
