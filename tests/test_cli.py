@@ -76,3 +76,34 @@ def test_thresholds_that_find_nothing(tmp_path):
 
 def test_simulate_rejects_bad_values(tmp_path):
     assert_one_line_error(toxrt("simulate", str(tmp_path / "out"), "--animals", "0"), "number_of_animals")
+
+
+def small_video(path, frames: int = 10):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for k in range(frames):
+        image = np.full((48, 64, 3), 200, np.uint8)
+        image[10:20, 5 + k:15 + k] = 20
+        writer.write(image)
+    writer.release()
+
+
+def test_invalid_utf8_parameter_file(tmp_path):
+    path = tmp_path / "params.toml"
+    path.write_bytes(b'video_paths = ["v.avi"]\nname = "\xff\xfe"\n')
+    assert_one_line_error(toxrt("track", "--load", str(path)), "params.toml", "not UTF-8")
+
+
+def test_tracking_intervals_beyond_the_video(tmp_path):
+    small_video(tmp_path / "v.avi")
+    text = 'video_paths = ["v.avi"]\nnumber_of_animals = 1\ntracking_intervals = [[50, 60]]\n'
+    assert_one_line_error(toxrt("track", "--load", params(tmp_path, text)), "tracking_intervals", "[50, 60]", "10 frames")
+
+
+def test_bad_names_ports_and_refine_options_are_one_line(tmp_path):
+    base = params(tmp_path, 'video_paths = ["v.avi"]\n')
+    assert_one_line_error(toxrt("track", "--load", base, "--name", "a\nb"), "name:", "control character")
+    assert_one_line_error(toxrt("track", "--load", base, "--name", "../../escape"), "name:", "a plain name")
+    assert_one_line_error(toxrt("track", "--load", base, "--streaming.publish_address", "tcp://127.0.0.1:99999"),
+                          "streaming.publish_address", "1..65535")
+    assert_one_line_error(toxrt("refine", str(tmp_path), "--max_batches", "x"), "max_batches", "integer")
+    assert_one_line_error(toxrt("listen", "tcp://127.0.0.1:99999", "--duration", "0.1"), "99999")

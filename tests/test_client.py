@@ -135,3 +135,100 @@ def test_closed_loop_example_sends_a_marker_when_an_animal_enters_the_zone():
     assert marker["payload"]["identity"] == 1 and marker["payload"]["frame"] == 3
     assert marker["t_arrival"] >= marker["payload"]["t_capture"]
     assert "entered the zone at frame 3" in log
+
+
+# ---------------------------------------------------------------------------------------------
+# Malformed messages are rejected and counted; losses are counted exactly from seq gaps
+# ---------------------------------------------------------------------------------------------
+
+def malformed_positions() -> list[bytes]:
+    import msgpack
+
+    valid = {"v": 1, "frame": 1, "seq": 1, "t_capture": 0.0, "t_publish": 0.0, "n": 1, "id": [1], "x": [1.0],
+             "y": [1.0], "heading": [0.0], "area": [1.0], "status": [0], "p": [1.0], "fragment": [0]}
+    broken = [
+        {"v": 1, "seq": 1},  # the fields missing
+        {"v": 1, "seq": 10 ** 9},  # the seq of an invalid message is not trusted: no billion missed
+        {**valid, "x": [1.0, 2.0]},  # arrays of unequal length
+        {**valid, "id": ["one"]},  # a string where an identity goes
+        {**valid, "frame": None},
+        {**valid, "fragment": "x"},
+        {**valid, "t_capture": "now"},
+    ]
+    return [msgpack.packb(m) for m in broken] + [b'{"seq": ' + b"[" * 5000 + b"]" * 5000 + b"}"]
+
+
+def test_malformed_positions_are_rejected_and_the_client_keeps_receiving():
+    bad = malformed_positions()
+    with Publisher(ANY_PORT) as publisher, PositionClient(publisher.address) as client:
+        assert publisher.wait_for_subscriber(b"pos")
+        publisher.publish_positions(0, 0.0, **frame_arrays([1.0]))
+        for payload in bad:
+            publisher._socket.send_multipart([b"pos", payload])
+        publisher._socket.send_multipart([b"pos", b"x", b"three frames"])
+        publisher.seq = 2  # a rejected pos carried seq 1: it is not counted as missed too
+        publisher.publish_positions(2, 0.0, **frame_arrays([2.0]))
+        assert client.wait_for_frame(after_seq=1, timeout_s=10)["frame"] == 2
+        assert client.rejected == len(bad) + 1 and client.received == 2 and client.missed == 0
+        assert client._thread.is_alive()
+
+
+def test_listen_rejects_malformed_positions_and_goes_on():
+    out = io.StringIO()
+    bad = malformed_positions()
+    with Publisher(ANY_PORT) as publisher:
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(listen(publisher.address, max_frames=2, duration_s=30,
+                                                                      out=out, refresh_s=0.0)))
+        thread.start()
+        assert publisher.wait_for_subscriber(b"pos", timeout_s=10)
+        publisher.publish_positions(0, time.time(), **frame_arrays([1.0]))
+        for payload in bad:
+            publisher._socket.send_multipart([b"pos", payload])
+        publisher._socket.send_multipart([b"status", b'{"fps": "fast", "latency_ms_p50": []}'])
+        publisher.seq = 5  # seq 1 was a rejected pos; 2, 3 and 4 were lost
+        publisher.publish_positions(5, time.time(), **frame_arrays([2.0]))
+        thread.join(timeout=30)
+    assert result == {"frames": 2, "missed": 3, "events": 0, "rejected": len(bad)}
+    assert "lost 3 on the way" in out.getvalue() and "Traceback" not in out.getvalue()
+
+
+def test_lost_positions_are_counted_exactly_from_seq_gaps():
+    """A subscriber that stops reading loses many messages; the publisher sees a few congestion
+    episodes, the subscriber's seq gaps count every lost message."""
+    import zmq
+
+    from toxrt.client import SeqCounter
+    from toxrt.publish import decode
+
+    context = zmq.Context.instance()
+    with Publisher(ANY_PORT, hwm=10) as publisher:
+        sub = context.socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 10)
+        sub.setsockopt(zmq.RCVBUF, 4096)
+        sub.setsockopt(zmq.SUBSCRIBE, b"pos")
+        sub.connect(publisher.address)
+        assert publisher.wait_for_subscriber(b"pos")
+        total = 3000
+        for frame in range(total - 1):  # the subscriber does not read meanwhile
+            publisher.publish_positions(frame, 0.0, **frame_arrays([1.0] * 20))
+        counter, received = SeqCounter(), 0
+        while sub.poll(500):
+            counter.see(decode(sub.recv_multipart()[1])["seq"])
+            received += 1
+        publisher.publish_positions(total - 1, 0.0, **frame_arrays([1.0]))  # the last one gets through
+        assert sub.poll(5000)
+        counter.see(decode(sub.recv_multipart()[1])["seq"])
+        received += 1
+        sub.close(linger=0)
+    assert counter.missed > 0 and received + counter.missed == total
+    assert publisher.dropped < counter.missed  # the publisher's count is only a lower bound
+
+
+def test_a_port_beyond_65535_is_refused_everywhere():
+    """ZeroMQ would silently bind or connect port 99999 % 65536; every entry point refuses it."""
+    from toxrt.markers import MarkerSender
+
+    for make in (Publisher, MarkerReceiver, PositionClient, MarkerSender):
+        with pytest.raises(ToxrtError, match="port '99999'"):
+            make("tcp://127.0.0.1:99999")

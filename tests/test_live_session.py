@@ -23,7 +23,7 @@ from toxrt.config import build_config, config_to_dict, load_config, to_toml
 from toxrt.live_source import RealtimeSource
 from toxrt.publish import SCHEMA_VERSION
 from toxrt.session_reader import load_session
-from toxrt.session import run_session
+from toxrt.session import run_session, summary_lines
 from toxrt.streaming import STOP_MARKER
 from toxrt.synthetic import SimulatedArena, write_simulation
 
@@ -393,3 +393,69 @@ def test_toxrt_track_stops_cleanly_on_sigterm(tmp_path):
     assert 10 <= meta["summary"]["frames"] < 30000
     assert (session_dir / "trajectories" / "trajectories.npy").is_file()
     assert str(session_dir / "trajectories") in out
+
+
+HOSTILE_SENDER = r"""
+import sys, time, msgpack, zmq
+address = sys.argv[1]
+context = zmq.Context()
+push = context.socket(zmq.PUSH)
+push.setsockopt(zmq.LINGER, 30000)
+push.connect(address)
+hostile = [
+    msgpack.packb({"label": "bin", "payload": {"raw": b"\x00\x01"}}, use_bin_type=True),
+    msgpack.packb({"label": "ts", "payload": {"when": msgpack.Timestamp(1700000000, 0)}}),
+    b'{"label": "deep", "payload": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    b"{" + b" " * (10 * 1024 * 1024) + b"}",
+]
+for payload in hostile:
+    push.send(payload)
+push.send(msgpack.packb({"label": "after", "t_sent": time.time(), "payload": {"n": 1}}))
+time.sleep(1.0)
+push.send(msgpack.packb({"label": "toxrt.stop", "t_sent": time.time()}))
+push.close()
+context.term()  # waits (up to the linger) until everything queued has left; exiting would drop it
+"""
+
+
+def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_on(tmp_path):
+    config = arena_config(tmp_path, frames=3000, fps=50.0, animals=4)  # a minute: only a marker ends it
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sender = subprocess.Popen([sys.executable, "-c", HOSTILE_SENDER, config.streaming.marker_address], env=env)
+    try:
+        summary = run_session(config, progress=False, overwrite=True)
+        sender.wait(timeout=60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+    assert summary["interrupted"] and summary["frames"] < 3000  # the stop marker still got through
+    assert summary["markers_rejected"] == 4 and summary["markers_too_large"] == 1
+    assert summary["markers_received"] == 2
+    session = load_session(summary["session"])
+    assert session.meta["complete"]
+    assert [e["label"] for e in session.events if e["type"] == "marker"] == ["after", STOP_MARKER]
+    assert (Path(summary["session"]) / "trajectories" / "trajectories.npy").is_file()
+    assert any("4 markers rejected (1 too large" in line for line in summary_lines(summary))
+
+
+def test_the_flush_lag_reaches_status_messages_and_the_summary():
+    from toxrt.client import PositionClient
+    from toxrt.config import StreamingConfig
+    from toxrt.recording import WriterStats
+    from toxrt.session import summary_lines
+    from toxrt.streaming import LiveLink
+
+    link = LiveLink(StreamingConfig(publish_address=f"tcp://127.0.0.1:{free_port()}", marker_address=""))
+    try:
+        with PositionClient(link.publisher.address) as client:
+            assert link.publisher.wait_for_subscriber(b"status", timeout_s=10)
+            link.report_recording(WriterStats(flush_lag_s=1.25, max_flush_lag_s=2.5, slow_flushes=3))
+            link.publisher.publish_status()
+            deadline = time.monotonic() + 10
+            while client.status is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert client.status["flush_lag_s"] == 1.25 and client.status["flush_lag_max_s"] == 2.5
+    finally:
+        link.close()
+    lines = summary_lines({"writer_slow_flushes": 3, "writer_flush_lag_max_s": 2.5, "flush_interval_s": 0.5})
+    assert any("slow disk" in line and "up to 3.0 s" in line for line in lines)

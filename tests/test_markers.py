@@ -98,3 +98,108 @@ def test_bind_errors_are_one_line():
             MarkerReceiver(receiver.address)
     with pytest.raises(ToxrtError, match="not a ZeroMQ address"):
         MarkerSender("localhost:5557")
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile markers: rejected and counted, never more
+# ---------------------------------------------------------------------------------------------
+
+def nested_list(depth: int) -> list:
+    value: list = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+HOSTILE = [
+    msgpack.packb({"label": "bin", "payload": {"raw": b"\x00\x01\x02"}}, use_bin_type=True),
+    msgpack.packb({"label": "ts", "payload": {"when": msgpack.Timestamp(1700000000, 5)}}),
+    msgpack.packb({"label": "ext", "extra": msgpack.ExtType(7, b"xy")}),
+    b'{"label": "deep", "payload": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}",
+    msgpack.packb({"label": "deep_msgpack", "payload": {"x": nested_list(20)}}),
+    msgpack.packb({"label": "intkey", "payload": {1: "one"}}, strict_types=False),
+    json.dumps({"label": "big_t", "t_sent": 10 ** 400}).encode(),
+    b"{" + b" " * 100_000 + b"}",
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_parse_marker_rejects_values_events_jsonl_cannot_hold(payload):
+    with pytest.raises(ValueError):
+        parse_marker(payload, 0.0)
+
+
+def test_plain_nested_payloads_are_accepted_and_json_writable():
+    nested = {"a": [1, 2.5, None, True, "s", {"b": [{"c": []}]}]}
+    marker = parse_marker(msgpack.packb({"label": "ok", "payload": nested}), 1.0)
+    assert json.loads(json.dumps(marker)) == marker
+
+
+def test_hostile_markers_never_stop_the_channel_and_are_counted():
+    ten_megabytes = b"{" + b" " * (10 * 1024 * 1024) + b"}"
+    with MarkerReceiver(ANY_PORT) as receiver:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 5000)
+        raw.connect(receiver.address)
+        for payload in HOSTILE + [ten_megabytes]:
+            raw.send(payload)
+        raw.send(msgpack.packb({"label": "toxrt.stop"}))
+        raw.close()
+        got = drain_until(receiver, 1, rejected=len(HOSTILE) + 1)
+        assert [m["label"] for m in got] == ["toxrt.stop"]
+        assert receiver.rejected == len(HOSTILE) + 1 and receiver.received == 1
+        assert receiver.too_large == 2  # the 100 kB one and the 10 MB one
+        assert receiver._thread.is_alive()
+
+
+def test_rejection_warnings_are_rate_limited(caplog):
+    now = [0.0]
+    with MarkerReceiver(ANY_PORT, clock=lambda: now[0]) as receiver:
+        raw = zmq.Context.instance().socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 5000)
+        raw.connect(receiver.address)
+        with caplog.at_level("WARNING", logger="toxrt.markers"):
+            for k in range(2000):
+                raw.send(b"\xc1bad")
+                if k == 1000:  # a fake clock: ten seconds pass
+                    drain_until(receiver, 0, rejected=1001)
+                    now[0] += 10.0
+            raw.close()
+            drain_until(receiver, 0, rejected=2000)
+    assert receiver.rejected == 2000
+    lines = [r for r in caplog.records if r.name == "toxrt.markers"]
+    assert len(lines) == 6  # five one by one, then one summary after ten seconds
+    assert "in all" in lines[-1].getMessage()
+
+
+BURST_SENDER = r"""
+import sys
+from toxrt.markers import MarkerSender
+with MarkerSender(sys.argv[1], hwm=100000, linger_s=30.0) as sender:
+    for k in range(int(sys.argv[2])):
+        assert sender.send("tick", k=k, pad="x" * 60000)
+"""
+
+
+def test_a_sender_that_exits_right_after_sending_delivers_everything():
+    """Markers still queued in the sender when its script ends are delivered (within linger_s),
+    also to a receiver that is busy, as a tracking session is."""
+    import threading
+
+    count = 1500  # 90 MB: more than the receiving queue and the TCP buffers hold at once
+    busy = threading.Event()
+
+    def hog_the_interpreter():
+        while not busy.is_set():
+            sum(range(1000))
+
+    with MarkerReceiver(ANY_PORT, max_pending=100000) as receiver:
+        hog = threading.Thread(target=hog_the_interpreter, daemon=True)
+        hog.start()
+        try:
+            subprocess.run([sys.executable, "-c", BURST_SENDER, receiver.address, str(count)], check=True, timeout=120)
+        finally:
+            busy.set()
+            hog.join()
+        got = drain_until(receiver, count, timeout_s=60)
+    assert [m["payload"]["k"] for m in got] == list(range(count))

@@ -114,7 +114,7 @@ def test_ctrl_c_keeps_the_best_model_and_saves_a_checkpoint(data, tmp_path):
                              tmp_path / "c.pt", progress=False)
     assert result.interrupted and result.batches == 12
     assert [b for b, _ in result.history] == [5, 10]
-    state = torch.load(tmp_path / "c.pt", weights_only=False)
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
     assert state["batches"] == 12 and not state["finished"]
     best = state["best_model"]
     for key, value in result.model.state_dict().items():

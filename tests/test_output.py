@@ -147,5 +147,5 @@ def test_h5_only_when_asked(written, tmp_path):
         assert file.attrs["frames_per_second"] == 10.0 and "length_unit" not in file.attrs
     out = write_trajectories(tmp_path / "t", trajectories, probabilities, status, META, ["npy"],
                              filename="trajectories_live")
-    assert [p.name for p in out] == ["trajectories_live.npy"]
-    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["trajectories_live.npy"]
+    assert [p.name for p in out] == ["trajectories_live.npy", "trajectories_live.npz"]  # npz: pickle-free twin
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["trajectories_live.npy", "trajectories_live.npz"]

@@ -129,7 +129,8 @@ def test_round_trip_meta_parameters_background_events(recorded):
     folder, writer, results = recorded
     session = load_session(folder)
     assert session.meta["format"] == "toxrt-session-1"
-    assert session.meta["complete"] is True
+    assert session.meta["recording_complete"] is True
+    assert session.meta["complete"] is False  # set only once the trajectories are written
     assert session.meta["frames_tracked"] == N_FRAMES and session.meta["stop_frame"] == N_FRAMES - 1
     assert session.meta["number_of_animals"] == 3 and session.meta["n_frames"] == N_FRAMES
     assert session.parameters == {"name": "test", "number_of_animals": 3}
@@ -232,8 +233,8 @@ def test_tolerates_truncated_tail(tmp_path):
     chunks[-1].write_bytes(last[: len(last) // 2])
     crops = folder / "identification_images.u8"
     os.truncate(crops, crops.stat().st_size - CROP * CROP * 2 - 5)
-    with open(folder / "events.jsonl", "a") as handle:
-        handle.write('{"type": "ident')
+    with open(folder / "events.jsonl", "ab") as handle:
+        handle.write('{"type": "marker", "label": "café'.encode()[:-1])  # cut inside a UTF-8 character
     session = load_session(folder)
     kept = len(session.blobs)
     assert 0 < kept < len(complete.blobs)
@@ -339,7 +340,7 @@ def test_kill_minus_nine_leaves_a_loadable_session(tmp_path):
     assert flushed >= 200, "the child writer never flushed 200 frames"
     session = load_session(folder)
     assert flushed <= session.n_frames <= queued + 10
-    assert session.meta["complete"] is False
+    assert session.meta["complete"] is False and "recording_complete" not in session.meta
     expected = np.concatenate([blob_records(make_result(f)) for f in range(session.n_frames)])
     np.testing.assert_array_equal(session.blobs, expected)
     assert session.has_crop.all()
@@ -373,4 +374,170 @@ def test_unclosed_writer_is_closed_at_exit(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     subprocess.run([sys.executable, "-c", script], check=True, env=env)
     session = load_session(folder)
-    assert session.n_frames == 50 and session.meta["complete"] is True
+    assert session.n_frames == 50 and session.meta["recording_complete"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow storage: the flush lag is measured and reported
+# ---------------------------------------------------------------------------------------------
+
+class SlowDiskClock:
+    """Monotonic time plus what the injected slow disk added: each chunk write "takes" write_s."""
+
+    def __init__(self, write_s: float):
+        self.write_s = write_s
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+class SlowDiskWriter(SessionWriter):
+    """A SessionWriter on a disk that needs ``clock.write_s`` per chunk (on the injected clock)."""
+
+    def _write_chunk(self, frames):
+        super()._write_chunk(frames)
+        self._clock.offset += self._clock.write_s
+
+
+def test_a_slow_disk_is_measured_warned_and_loses_nothing_on_close(tmp_path, caplog):
+    clock = SlowDiskClock(write_s=1.5)
+    meta = {"frames_per_second": 25.0, "number_of_animals": 3}
+    with caplog.at_level("WARNING", logger="toxrt.recording"):
+        with SlowDiskWriter(tmp_path / "s", RecordingConfig(flush_interval_s=0.1, queue_frames=8), meta, "",
+                            None, CROP, BINS, clock=clock) as writer:
+            for frame in range(60):
+                writer.write_frame(make_result(frame))
+    # The first chunk was due 0.1 s after its first frame and reached the disk 1.5 s later.
+    assert writer.stats.max_flush_lag_s >= 1.5 - 0.1
+    assert writer.stats.slow_flushes >= 1
+    warnings = [r.getMessage() for r in caplog.records if "slow disk" in r.getMessage()]
+    assert 1 <= len(warnings) <= 4 and "would lose up to" in warnings[0]  # rate-limited
+    session = load_session(tmp_path / "s")
+    assert session.n_frames == 60 and session.meta["recording_complete"]
+
+
+SLOW_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_recording import make_result, open_writer
+    from toxrt.config import RecordingConfig
+    from toxrt import recording
+
+    real_write_chunk = recording.SessionWriter._write_chunk
+    def slow_write_chunk(self, frames):  # a network share: every chunk takes {write_s} s
+        time.sleep({write_s})
+        real_write_chunk(self, frames)
+    recording.SessionWriter._write_chunk = slow_write_chunk
+
+    writer = open_writer(Path({folder!r}), RecordingConfig(flush_interval_s={interval}, queue_frames=4000))
+    for frame in range(100000):
+        writer.write_frame(make_result(frame))
+        print(frame + 1, writer.stats.frames_written, writer.stats.max_flush_lag_s, flush=True)
+        time.sleep(1 / {fps})
+""")
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_on_a_slow_disk_keeps_every_flushed_frame_and_reports_the_lag(tmp_path):
+    """kill -9 while every chunk write takes 0.6 s: the session loads, every frame the writer had
+    reported flushed is there, and the writer had measured a flush lag beyond flush_interval_s."""
+    folder = tmp_path / "session_slow"
+    interval, write_s, fps = 0.2, 0.6, 50
+    script = SLOW_CHILD.format(tests=str(Path(__file__).parent), folder=str(folder), interval=interval,
+                               write_s=write_s, fps=fps)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    queued = flushed = 0
+    lag = 0.0
+    try:
+        for line in child.stdout:
+            queued, flushed, lag = int(line.split()[0]), int(line.split()[1]), float(line.split()[2])
+            if flushed >= 100 and lag > interval:
+                break
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    stderr = child.stderr.read()
+    assert flushed >= 100 and lag > interval, stderr
+    assert "slow disk" in stderr  # the child warned while it ran
+    session = load_session(folder)
+    assert flushed <= session.n_frames <= queued
+    assert session.meta["complete"] is False
+    # What queued during a slow write goes out in the next chunk, not one frame per chunk.
+    assert session.n_frames >= 3 * len(list((folder / "blobs").glob("chunk_*.npz")))
+    expected = np.concatenate([blob_records(make_result(f)) for f in range(session.n_frames)])
+    np.testing.assert_array_equal(session.blobs, expected)
+    assert session.has_crop.all()
+
+
+# ---------------------------------------------------------------------------------------------
+# One process per session folder
+# ---------------------------------------------------------------------------------------------
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from test_recording import make_result, open_writer
+    writer = open_writer(Path({folder!r}))
+    writer.write_frame(make_result(0))
+    print("recording", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_session_recorded_by_a_live_process_is_not_overwritten_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    folder = tmp_path / "session_busy"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(tests=str(Path(__file__).parent), folder=str(folder))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "recording"
+        assert (folder / "toxrt.lock").read_text().split()[0] == str(holder.pid)
+        with pytest.raises(SessionError, match=f"being recorded or finished by process {holder.pid}"):
+            open_writer(folder, overwrite=True)
+        assert (folder / "session.json").exists()  # nothing was removed
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The holder died without releasing: its lock file is stale and is taken over.
+    assert (folder / "toxrt.lock").exists()
+    with open_writer(folder, overwrite=True) as writer:
+        assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())
+        writer.write_frame(make_result(0))
+    assert not (folder / "toxrt.lock").exists()
+
+
+def test_a_parameter_file_that_is_not_utf8_is_one_line(tmp_path):
+    with open_writer(tmp_path / "s") as writer:
+        writer.write_frame(make_result(0))
+    (tmp_path / "s" / "parameters.toml").write_bytes(b'name = "\xff"\n')
+    with pytest.raises(SessionError, match="parameters.toml: not UTF-8"):
+        load_session(tmp_path / "s")
+
+
+def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
+    """On a filesystem that cannot lock files (some network shares) the PID alone decides."""
+    import errno
+
+    from toxrt import session_lock
+
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(session_lock.fcntl, "flock", no_flock)
+    folder = tmp_path / "s"
+    folder.mkdir()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (folder / "toxrt.lock").write_text(f"{alive.pid} {session_lock.socket.gethostname()}\n")
+        with pytest.raises(SessionError, match=f"process {alive.pid}"):
+            session_lock.SessionLock(folder)
+    finally:
+        alive.kill()
+        alive.wait()
+    with session_lock.SessionLock(folder):  # the same PID, now dead: taken over
+        assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())

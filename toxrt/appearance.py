@@ -126,9 +126,10 @@ def identity_features(crops: np.ndarray, shape: FeatureShape) -> np.ndarray:
     k, s = crops.shape[0], shape.crop_size
     if crops.ndim != 3 or crops.shape[1:] != (s, s):
         raise ValueError(f"identity_features: crops of shape {crops.shape}, expected (k, {s}, {s})")
+    if k == 0:
+        return np.zeros((0, shape.size), np.float32)
     band = np.empty((k, 2 * shape.half_height + 1, s), np.float32)
-    if k:
-        _straighten(crops, shape.half_height, band)
+    _straighten(crops, shape.half_height, band)
     if shape.width != s:
         band = band @ _area_matrix(s, shape.width)
     return band.reshape(k, -1)

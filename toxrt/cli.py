@@ -5,6 +5,7 @@
     toxrt simulate OUT_DIR --animals 8 --frames 1500
     toxrt evaluate SESSION GROUND_TRUTH.csv
     toxrt refine SESSION
+    toxrt finish SESSION
     toxrt listen [ADDRESS]
 
 Any parameter-file key can be given as a flag with the same name (tables with a dot). User
@@ -13,15 +14,16 @@ mistakes end with one line on stderr and exit code 2; nothing is printed as a tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import typing
 from pathlib import Path
 
-from .config import SimConfig, build_config, load_config, merge_dotted, parse_override
+from .config import SimConfig, build_config, coerce, load_config, merge_dotted, parse_override
 from .errors import ConfigError, ToxrtError
 
 log = logging.getLogger("toxrt")
@@ -149,15 +151,26 @@ def cmd_refine(args: argparse.Namespace, extra: list[str]) -> int:
         from .offline.refine import RefineOptions, refine_session
     except ImportError as exc:
         raise ToxrtError(f"the offline stage needs torch: pip install torch==2.13.0 ({exc})") from None
-    fields = {f.name: f for f in dataclasses.fields(RefineOptions)}
+    fields = typing.get_type_hints(RefineOptions)
     options = {}
     for key, value in _overrides(extra).items():
         if key not in fields:
             raise ConfigError(f"unknown refine option {key!r}; known: {', '.join(fields)}")
-        options[key] = value
+        options[key] = coerce(f"refine option {key}", value, fields[key])
+        if isinstance(options[key], float) and not math.isfinite(options[key]):
+            raise ConfigError(f"refine option {key}: {options[key]!r} is not a usable value")
     summary = refine_session(Path(args.session), RefineOptions(**options), progress=not args.quiet)
     lines = summary.summary_lines() if hasattr(summary, "summary_lines") else [str(summary)]
     print("\n".join(lines))
+    return 0
+
+
+def cmd_finish(args: argparse.Namespace, extra: list[str]) -> int:
+    from .finish import finish_recorded_session
+
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+    _print_summary(finish_recorded_session(Path(args.session)))
     return 0
 
 
@@ -212,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     refine.add_argument("session")
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=cmd_refine)
+
+    finish = commands.add_parser("finish", help="write the trajectories of a session whose run was killed")
+    finish.add_argument("session", help="session folder")
+    finish.set_defaults(run=cmd_finish)
 
     listen = commands.add_parser("listen", help="print the live position stream")
     listen.add_argument("address", nargs="?", default="tcp://127.0.0.1:5556")

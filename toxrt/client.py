@@ -3,7 +3,18 @@
 :class:`PositionClient` runs a background thread that drains the SUB socket as messages arrive,
 so the latest position of every identity is always at hand (``latest()``) without the stimulus
 program having to poll often; a program that is busy for a while never reads a stale backlog.
-Gaps in ``seq`` count messages this client missed.
+
+What the counters mean (the same in ``PositionClient`` and ``toxrt listen``):
+
+``received``  ``pos`` messages accepted.
+``missed``    positions lost on the way to *this* client: the gaps in ``seq`` between consecutive
+              ``pos`` messages it saw (a full queue on either side, a reconnect). This is the exact
+              count; the publisher's own ``dropped_publish`` counts only congestion episodes, one per
+              stall however many messages the stall cost. Losses after the last message cannot be seen.
+``rejected``  messages that were not readable or not a valid message of their topic (a ``pos``
+              without its fields, arrays of unequal length, non-numbers...): counted and skipped,
+              the receiving goes on. A rejected ``pos`` with a readable ``seq`` does not count as missed.
+``restarts``  times ``seq`` went backwards (the publisher restarted); counting goes on from there.
 
 Quick start::
 
@@ -26,7 +37,9 @@ from typing import Any, Iterable, TextIO
 
 import zmq
 
+from .config import zmq_address_problem
 from .errors import ToxrtError
+from .log_limit import WarningLimiter
 from .publish import DEFAULT_ADDRESS, STATUS_NAMES, TOPIC_EVENT, TOPIC_POS, TOPIC_STATUS, decode, receive_until
 
 log = logging.getLogger(__name__)
@@ -56,9 +69,62 @@ class AnimalPosition:
 
 
 def _check_connect_address(address: str) -> str:
-    if "://" not in address:
-        raise ToxrtError(f"address {address!r} is not a ZeroMQ address (e.g. {DEFAULT_ADDRESS})")
+    problem = zmq_address_problem(address)
+    if problem:
+        raise ToxrtError(f"address {address!r} {problem}")
     return address
+
+
+_POSITION_ARRAYS = ("id", "x", "y", "heading", "area", "status", "p")
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def check_position(message: dict) -> None:
+    """Raise ValueError unless ``message`` is a usable ``pos`` map (see docs/streaming.md)."""
+    for key in ("frame", "seq"):
+        if not _is_int(message.get(key)):
+            raise ValueError(f"pos: {key!r} must be an integer, got {message.get(key)!r:.40}")
+    if not _is_number(message.get("t_capture")):
+        raise ValueError(f"pos: 't_capture' must be a number, got {message.get('t_capture')!r:.40}")
+    arrays = [message.get(key) for key in _POSITION_ARRAYS]
+    if not all(type(a) is list for a in arrays) or len({len(a) for a in arrays}) != 1:
+        raise ValueError(f"pos: {', '.join(_POSITION_ARRAYS)} must be lists of one length")
+    ints = ("id", "status")
+    for key, values in zip(_POSITION_ARRAYS, arrays):
+        if not all(map(_is_int if key in ints else _is_number, values)):
+            raise ValueError(f"pos: {key!r} holds a value that is not {'an integer' if key in ints else 'a number'}")
+    fragment = message.get("fragment")
+    if fragment is not None and (type(fragment) is not list or len(fragment) != len(arrays[0])
+                                 or not all(map(_is_int, fragment))):
+        raise ValueError("pos: 'fragment' must be a list of integers, one per blob")
+
+
+class SeqCounter:
+    """Positions lost on the way, from the gaps in ``seq`` (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+        self.missed = 0
+        self.restarts = 0
+
+    def see(self, seq: Any, valid: bool = True) -> None:
+        """Count ``seq`` of a received ``pos``. Of an invalid message only the very next seq is
+        taken (so that it is not counted missed too), never a jump: its seq cannot be trusted."""
+        if not _is_int(seq) or (not valid and seq != (self.last or 0) + 1):
+            return
+        if self.last is not None:
+            if seq > self.last + 1:
+                self.missed += seq - self.last - 1
+            elif seq <= self.last:
+                self.restarts += 1
+        self.last = seq
 
 
 def _subscriber(context: zmq.Context, address: str, topics: Iterable[bytes]) -> zmq.Socket:
@@ -77,9 +143,9 @@ def _subscriber(context: zmq.Context, address: str, topics: Iterable[bytes]) -> 
 class PositionClient:
     """Latest positions of each identity, received in a background thread.
 
-    ``received`` counts ``pos`` messages, ``missed`` the gaps in their ``seq`` (messages dropped on
-    the way), ``rejected`` payloads that could not be decoded. ``events()`` drains the ``event``
-    messages (the latest ``max_events`` are kept); ``status`` is the latest ``status`` message.
+    ``received``, ``missed``, ``rejected`` and ``restarts`` are described in the module docstring.
+    ``events()`` drains the ``event`` messages (the latest ``max_events`` are kept); ``status`` is
+    the latest ``status`` message. Whatever arrives, the receiving thread goes on.
     """
 
     def __init__(self, address: str = DEFAULT_ADDRESS, max_events: int = 1000,
@@ -93,8 +159,9 @@ class PositionClient:
         self._last: dict | None = None
         self._events: collections.deque[dict] = collections.deque(maxlen=max_events)
         self.status: dict | None = None
-        self.received = self.missed = self.rejected = 0
-        self._last_seq: int | None = None
+        self.received = self.rejected = 0
+        self._seq = SeqCounter()
+        self._warnings = WarningLimiter(log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="toxrt-client", daemon=True)
         self._thread.start()
@@ -103,12 +170,23 @@ class PositionClient:
     def _run(self) -> None:
         receive_until(self._socket, self._stop, self._handle, _POLL_MS)
 
+    @property
+    def missed(self) -> int:
+        return self._seq.missed
+
+    @property
+    def restarts(self) -> int:
+        return self._seq.restarts
+
     def _handle(self, parts: list[bytes], t_receive: float) -> None:
         try:
             topic, payload = parts
             message = decode(payload)
-        except ValueError:
+            if topic == TOPIC_POS:
+                self._check_position(message)
+        except Exception as exc:  # noqa: BLE001 - a bad message is counted; the thread goes on
             self.rejected += 1
+            self._warnings.warn(f"message rejected ({self.rejected} so far): {str(exc)[:200] or type(exc).__name__}")
             return
         message["t_receive"] = t_receive
         with self._lock:
@@ -120,11 +198,15 @@ class PositionClient:
             elif topic == TOPIC_STATUS:
                 self.status = message
 
+    def _check_position(self, message: dict) -> None:
+        try:
+            check_position(message)
+        except ValueError:
+            self._seq.see(message.get("seq"), valid=False)
+            raise
+        self._seq.see(message["seq"])
+
     def _on_position(self, message: dict) -> None:
-        seq = message.get("seq", 0)
-        if self._last_seq is not None and seq > self._last_seq + 1:
-            self.missed += seq - self._last_seq - 1
-        self._last_seq = seq  # a smaller seq means the publisher restarted: start counting again
         self.received += 1
         self._last = message
         frame, t_capture = message["frame"], message["t_capture"]
@@ -184,14 +266,20 @@ class PositionClient:
 # toxrt listen
 # ---------------------------------------------------------------------------------------------
 
+def _status_number(status: dict, key: str) -> float:
+    value = status.get(key)
+    return float(value) if _is_number(value) else float("nan")
+
+
 def format_table(message: dict, status: dict | None, missed: int, now: float) -> str:
-    """A text table of one ``pos`` message: one line per blob, identified animals first."""
+    """A text table of one ``pos`` message (checked by ``check_position``): one line per blob,
+    identified animals first. ``missed``: positions this client lost (seq gaps)."""
     age_ms = (now - message["t_capture"]) * 1000.0
-    head = f"frame {message['frame']:>7}  seq {message['seq']:>7}  age {age_ms:7.1f} ms  missed {missed}"
+    head = f"frame {message['frame']:>7}  seq {message['seq']:>7}  age {age_ms:7.1f} ms  lost {missed}"
     if status:
-        head += (f"  |  {status.get('fps', float('nan')):5.1f} fps  latency p50 "
-                 f"{status.get('latency_ms_p50', float('nan')):.1f} ms  dropped "
-                 f"{status.get('dropped_publish', 0)}+{status.get('dropped_source', 0)}")
+        head += (f"  |  {_status_number(status, 'fps'):5.1f} fps  latency p50 "
+                 f"{_status_number(status, 'latency_ms_p50'):.1f} ms  source dropped "
+                 f"{_status_number(status, 'dropped_source'):.0f} frames")
     lines = [head, f"{'id':>4} {'x':>8} {'y':>8} {'heading':>8} {'area':>7} {'status':>10} {'p':>5}"]
     rows = sorted(zip(message["id"], message["x"], message["y"], message["heading"], message["area"],
                       message["status"], message["p"]), key=lambda r: (r[0] == 0, r[0]))
@@ -209,7 +297,7 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
     writing every received position to ``csv_path`` (columns ``CSV_COLUMNS``, one row per blob).
 
     Runs until ``duration_s`` has passed, ``max_frames`` ``pos`` messages arrived, or Ctrl-C.
-    Returns counts: frames, missed, events, rejected.
+    Returns counts: frames (``pos`` received), missed, events, rejected (see the module docstring).
     """
     out = out or sys.stdout
     _check_connect_address(address)
@@ -226,7 +314,8 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
         writer.writerow(CSV_COLUMNS)
     counts = {"frames": 0, "missed": 0, "events": 0, "rejected": 0}
     status: dict | None = None
-    last_seq: int | None = None
+    seq = SeqCounter()
+    warnings = WarningLimiter(log)
     last_shown = 0.0
     deadline = None if duration_s is None else time.monotonic() + duration_s
     out.write(f"listening on {address} (Ctrl-C to stop)\n")
@@ -235,25 +324,34 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
         while (deadline is None or time.monotonic() < deadline) and (max_frames is None or counts["frames"] < max_frames):
             if not socket.poll(_POLL_MS, zmq.POLLIN):
                 continue
-            topic, payload, *_ = socket.recv_multipart() + [b""]
+            parts = socket.recv_multipart()
             t_receive = time.time()
             try:
+                if len(parts) != 2:
+                    raise ValueError(f"expected [topic, payload], got {len(parts)} frames")
+                topic, payload = parts
                 message = decode(payload)
-            except ValueError:
+                if topic == TOPIC_POS:
+                    try:
+                        check_position(message)
+                    except ValueError:
+                        seq.see(message.get("seq"), valid=False)
+                        raise
+                    seq.see(message["seq"])
+            except ValueError as exc:
+                counts["missed"] = seq.missed
                 counts["rejected"] += 1
+                warnings.warn(f"message rejected ({counts['rejected']} so far): {str(exc)[:200]}")
                 continue
             if topic == TOPIC_STATUS:
                 status = message
             elif topic == TOPIC_EVENT:
                 counts["events"] += 1
-                out.write(f"event {message.get('type')}: "
-                          f"{ {k: v for k, v in message.items() if k not in ('v', 'type')} }\n")
+                out.write(f"event {str(message.get('type'))[:40]!r}: "
+                          f"{ {k: v for k, v in message.items() if k not in ('v', 'type')} !r:.500}\n")
             elif topic == TOPIC_POS:
-                seq = message["seq"]
-                if last_seq is not None and seq > last_seq + 1:
-                    counts["missed"] += seq - last_seq - 1
-                last_seq = seq
                 counts["frames"] += 1
+                counts["missed"] = seq.missed
                 if writer is not None:
                     _write_rows(writer, message, t_receive)
                 if t_receive - last_shown >= refresh_s:
@@ -266,8 +364,8 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
         socket.close(linger=0)
         if handle is not None:
             handle.close()
-    out.write(f"received {counts['frames']} frames, missed {counts['missed']}, "
-              f"{counts['events']} events, {counts['rejected']} unreadable\n")
+    out.write(f"received {counts['frames']} frames, lost {counts['missed']} on the way (gaps in seq), "
+              f"{counts['events']} events, {counts['rejected']} rejected\n")
     return counts
 
 

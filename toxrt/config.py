@@ -3,7 +3,10 @@
 Top-level keys keep idtracker.ai's names where the meaning is the same; toxrt's own settings
 live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[recording]``, ``[sim]``).
 ``configs/default.toml`` documents every key with its default; a test keeps the two in step.
-Each stage receives only its own table.
+Every numeric key has an explicit, finite range (stated in default.toml too); nan is refused
+everywhere and inf wherever it means nothing (it is allowed only as the maximum of ``area_ths``).
+Names, paths and addresses are checked here, before anything is tracked. Each stage receives only
+its own table.
 """
 from __future__ import annotations
 
@@ -11,26 +14,66 @@ import dataclasses
 import math
 import tomllib
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from .errors import ConfigError
 
 BACKGROUND_STATS = ("median", "mean", "max", "min")
+MAX_FRAME_INDEX = 2**40  # frame indices (tracking_intervals) beyond this are a typo, not a video
 TRAJECTORY_FORMATS = ("npy", "csv", "h5")
-
-
-def _positive(value: float) -> bool:
-    return value > 0
-
-
-def _non_negative(value: float) -> bool:
-    return value >= 0
 
 
 def _unit_interval(value: float) -> bool:
     return 0.0 <= value <= 1.0
+
+
+def _between(lo: float, hi: float, zero: bool = False, open_lo: bool = False) -> tuple[Any, str]:
+    """A range check and its description: lo <= v <= hi (lo < v when ``open_lo``), or v == 0 when ``zero``."""
+    def check(value: float) -> bool:
+        return (zero and value == 0) or ((lo < value if open_lo else lo <= value) and value <= hi)
+    why = f"above {_number(lo)}, up to {_number(hi)}" if open_lo else f"from {_number(lo)} to {_number(hi)}"
+    return check, (f"0 or {why}" if zero else why)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+def control_characters(text: str) -> list[str]:
+    """The control, format and line-separator characters of ``text`` (they have no place in names)."""
+    return [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a session folder (``session_<name>``), or None when it can."""
+    if control_characters(name):
+        return f"contains the control character {control_characters(name)[0]!r}"
+    if "/" in name or "\\" in name or name in (".", ".."):
+        return "is a name, not a path (no '/', '\\', '.' or '..')"
+    if len(name.encode("utf-8", "surrogatepass")) > 200:
+        return "is longer than 200 bytes"
+    return None
+
+
+def zmq_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a usable ZeroMQ endpoint (tcp://host:port, ipc://path, inproc://name), or None."""
+    scheme, sep, rest = address.partition("://")
+    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
+        return "is not a ZeroMQ address such as tcp://127.0.0.1:5556"
+    if control_characters(address):
+        return "contains a control character"
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host:
+            return "needs a host and a port (tcp://127.0.0.1:5556)"
+        if port != "*" and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            return f"has port {port!r}; a port is 1..65535 or * (any free port)"
+    return None
 
 
 def _opt(default: Any, check=None, why: str = "") -> Any:
@@ -44,36 +87,36 @@ def _opt(default: Any, check=None, why: str = "") -> Any:
 class SegmentationConfig:
     histogram_bins: int = _opt(32, lambda v: 2 <= v <= 256, "between 2 and 256")
     identification_image_size: int = _opt(0, lambda v: v == 0 or 8 <= v <= 256, "0 (auto) or 8..256")
-    crossing_area_ratio: float = _opt(1.6, lambda v: v > 1.0, "above 1")
-    min_blob_pixels_for_features: int = _opt(3, _positive, "positive")
+    crossing_area_ratio: float = _opt(1.6, *_between(1, 100, open_lo=True))
+    min_blob_pixels_for_features: int = _opt(3, *_between(1, 100_000))
 
 
 @dataclass(frozen=True)
 class LinkingConfig:
-    max_distance_body_lengths: float = _opt(1.0, _positive, "positive")
-    max_distance_px: float = _opt(0.0, _non_negative, "0 (use body lengths) or positive")
-    max_size_change: float = _opt(0.8, _positive, "positive")
-    max_unmatched_frames: int = _opt(3, _non_negative, "0 or more")
-    process_noise: float = _opt(1.0, _positive, "positive")
-    measurement_noise: float = _opt(1.0, _positive, "positive")
-    crossing_release_frames: int = _opt(5, _positive, "positive")
+    max_distance_body_lengths: float = _opt(1.0, *_between(0.01, 100))
+    max_distance_px: float = _opt(0.0, *_between(0.01, 100_000, zero=True))
+    max_size_change: float = _opt(0.8, *_between(0.001, 1000))
+    max_unmatched_frames: int = _opt(3, *_between(0, 10_000))
+    process_noise: float = _opt(1.0, *_between(1e-6, 1e6))
+    measurement_noise: float = _opt(1.0, *_between(1e-6, 1e6))
+    crossing_release_frames: int = _opt(5, *_between(1, 10_000))
 
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    decision_samples: int = _opt(5, _positive, "positive")
-    revision_interval_frames: int = _opt(10, _positive, "positive")
-    reference_samples: int = _opt(64, _positive, "positive")
-    fragment_samples: int = _opt(24, _positive, "positive")
-    reference_stride: int = _opt(3, _positive, "positive")
+    decision_samples: int = _opt(5, *_between(1, 10_000))
+    revision_interval_frames: int = _opt(10, *_between(1, 1_000_000))
+    reference_samples: int = _opt(64, *_between(1, 10_000))
+    fragment_samples: int = _opt(24, *_between(1, 10_000))
+    reference_stride: int = _opt(3, *_between(1, 10_000))
     reference_min_probability: float = _opt(0.5, _unit_interval, "between 0 and 1")
     unseen_identity_similarity: float = _opt(0.2, _unit_interval, "between 0 and 1")
-    max_shape_difference: float = _opt(0.0, _non_negative, "0 (no shape filter) or positive")
-    gauss_mu: float = _opt(1.0, None)
-    gauss_sigma: float = _opt(0.05, _positive, "positive")
-    correlation_levels: int = _opt(20, lambda v: v >= 2, "2 or more")
-    long_fragment_samples: int = _opt(50, _positive, "positive")
-    fusion_samples: int = _opt(12, _positive, "positive")
+    max_shape_difference: float = _opt(0.0, *_between(0, 1e6))
+    gauss_mu: float = _opt(1.0, lambda v: -1.0 <= v <= 1.0, "between -1 and 1 (a correlation)")
+    gauss_sigma: float = _opt(0.05, *_between(0.001, 10))
+    correlation_levels: int = _opt(20, *_between(2, 10_000))
+    long_fragment_samples: int = _opt(50, *_between(1, 1_000_000))
+    fusion_samples: int = _opt(12, *_between(1, 10_000))
     min_correlation: float = _opt(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
 
     def __post_init__(self) -> None:
@@ -85,36 +128,36 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class AppearanceConfig:
     live: bool = _opt(True)
-    band_fraction: float = _opt(0.3, lambda v: 0.05 <= v <= 1.0, "between 0.05 and 1")
-    global_acceptance: float = _opt(0.99, lambda v: 0.5 <= v < 1.0, "in [0.5, 1)")
-    certainty: float = _opt(3.0, lambda v: 0 < v < 1e6, "positive")
-    min_images: int = _opt(4, lambda v: 1 <= v <= 1000, "1..1000")
-    seeds: int = _opt(3, lambda v: 1 <= v <= 50, "1..50")
-    folds: int = _opt(4, lambda v: 2 <= v <= 20, "2..20")
-    images_per_fragment: int = _opt(64, lambda v: 0 <= v <= 100000, "0 (all) or up to 100000")
-    training_images_per_identity: int = _opt(2000, lambda v: 0 <= v <= 10**6, "0 (all) or up to 1000000")
-    live_retrain_interval_s: float = _opt(2.0, lambda v: 0.1 <= v <= 3600, "0.1..3600 seconds")
-    live_images_per_identity: int = _opt(3000, lambda v: 100 <= v <= 10**6, "100..1000000")
+    band_fraction: float = _opt(0.3, *_between(0.05, 1))
+    global_acceptance: float = _opt(0.99, *_between(0.5, 0.999999))
+    certainty: float = _opt(3.0, *_between(0, 1000, open_lo=True))
+    min_images: int = _opt(4, *_between(1, 1000))
+    seeds: int = _opt(3, *_between(1, 50))
+    folds: int = _opt(4, *_between(2, 20))
+    images_per_fragment: int = _opt(64, *_between(2, 100_000, zero=True))
+    training_images_per_identity: int = _opt(2000, *_between(10, 1_000_000, zero=True))
+    live_retrain_interval_s: float = _opt(2.0, *_between(0.1, 3600))
+    live_images_per_identity: int = _opt(3000, *_between(100, 1_000_000))
 
 
 @dataclass(frozen=True)
 class RecordingConfig:
     identification_images: bool = _opt(True)
-    flush_interval_s: float = _opt(0.5, lambda v: 0 < v <= 1.0, "in (0, 1]")
-    queue_frames: int = _opt(4000, _positive, "positive")
+    flush_interval_s: float = _opt(0.5, *_between(0.01, 1))
+    queue_frames: int = _opt(4000, *_between(1, 1_000_000))
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    width: int = _opt(640, lambda v: v >= 64, "64 or more")
-    height: int = _opt(480, lambda v: v >= 64, "64 or more")
-    frames: int = _opt(1500, _positive, "positive")
-    fps: float = _opt(25.0, _positive, "positive")
-    seed: int = _opt(0, _non_negative, "0 or more")
-    body_length_px: float = _opt(28.0, lambda v: v >= 6, "6 or more")
-    speed_body_lengths: float = _opt(0.12, _positive, "positive")
-    blur_sigma: float = _opt(0.7, _non_negative, "0 or more")
-    noise_sigma: float = _opt(3.0, _non_negative, "0 or more")
+    width: int = _opt(640, *_between(64, 8192))
+    height: int = _opt(480, *_between(64, 8192))
+    frames: int = _opt(1500, *_between(1, 100_000_000))
+    fps: float = _opt(25.0, *_between(0.01, 10_000))
+    seed: int = _opt(0, *_between(0, 2**32 - 1))
+    body_length_px: float = _opt(28.0, *_between(6, 1000))
+    speed_body_lengths: float = _opt(0.12, *_between(0.0001, 10))
+    blur_sigma: float = _opt(0.7, *_between(0, 50))
+    noise_sigma: float = _opt(3.0, *_between(0, 255))
     uneven_light: float = _opt(0.15, _unit_interval, "between 0 and 1")
     light_on_dark: bool = _opt(False)
     appearance_spread: float = _opt(1.0, _unit_interval, "between 0 and 1")
@@ -127,32 +170,35 @@ PUBLISH_WHEN = ("auto", "on", "off")
 @dataclass(frozen=True)
 class StreamingConfig:
     realtime: bool = _opt(False)  # replay files / the simulated arena at their frame rate, newest frame wins
-    publish_address: str = _opt("tcp://127.0.0.1:5556", lambda v: v == "" or "://" in v, "empty (off) or a ZeroMQ address")
+    publish_address: str = _opt("tcp://127.0.0.1:5556", lambda v: v == "" or zmq_address_problem(v) is None,
+                                "empty (off) or a ZeroMQ address such as tcp://127.0.0.1:5556 (port 1..65535 or *)")
     publish_format: str = _opt("msgpack", lambda v: v in PUBLISH_FORMATS, f"one of {PUBLISH_FORMATS}")
-    marker_address: str = _opt("tcp://127.0.0.1:5557", lambda v: v == "" or "://" in v, "empty (off) or a ZeroMQ address")
+    marker_address: str = _opt("tcp://127.0.0.1:5557", lambda v: v == "" or zmq_address_problem(v) is None,
+                               "empty (off) or a ZeroMQ address such as tcp://127.0.0.1:5557 (port 1..65535 or *)")
     allow_remote: bool = _opt(False)  # bind publish/marker sockets on non-loopback addresses
-    publish_hwm: int = _opt(1000, _positive, "positive")
-    source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
-    wait_for_subscriber_s: float = _opt(0.0, _non_negative, "0 (do not wait) or more")
+    publish_hwm: int = _opt(1000, *_between(1, 1_000_000))
+    source_timeout_s: float = _opt(3.0, *_between(0.01, 3600))  # open/read timeout of streams
+    wait_for_subscriber_s: float = _opt(0.0, *_between(0, 3600))
     # When the publisher and marker sockets open: "auto" for live sources and real-time replay only.
     publish: str = _opt("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
 
 
 @dataclass(frozen=True)
 class Config:
-    name: str = _opt("")
-    video_paths: list[str] = _opt([])
-    number_of_animals: int = _opt(0, _non_negative, "0 (unknown) or more")
+    name: str = _opt("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
+    video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v),
+                                  "paths without control characters")
+    number_of_animals: int = _opt(0, *_between(1, 1000, zero=True))
     intensity_ths: list[float] = _opt([0.0, 155.0])
     area_ths: list[float] = _opt([50.0, math.inf])
     use_bkg: bool = _opt(False)
     background_subtraction_stat: str = _opt("median", lambda v: v in BACKGROUND_STATS, f"one of {BACKGROUND_STATS}")
-    number_of_frames_for_background: int = _opt(50, _positive, "positive")
+    number_of_frames_for_background: int = _opt(50, *_between(1, 1000))
     roi_list: list[str] = _opt([])
     tracking_intervals: list[list[int]] = _opt([])
-    output_dir: str = _opt("")
+    output_dir: str = _opt("", lambda v: not control_characters(v), "a path without control characters")
     trajectories_formats: list[str] = _opt(["npy", "csv"])
-    frames_per_second: float = _opt(0.0, _non_negative, "0 (read from the video) or positive")
+    frames_per_second: float = _opt(0.0, *_between(0.01, 10_000, zero=True))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -164,12 +210,27 @@ class Config:
     def __post_init__(self) -> None:
         _check_pair("intensity_ths", self.intensity_ths, 0, 255)
         _check_pair("area_ths", self.area_ths, 0, math.inf)
+        if not math.isfinite(self.area_ths[0]):
+            raise ConfigError(f"area_ths: the minimum {self.area_ths[0]!r} must be a finite number of pixels")
         for fmt in self.trajectories_formats:
             if fmt not in TRAJECTORY_FORMATS:
                 raise ConfigError(f"trajectories_formats: unknown format {fmt!r}; use {TRAJECTORY_FORMATS}")
+        previous_end = 0
         for interval in self.tracking_intervals:
-            if len(interval) != 2 or interval[0] < 0 or interval[1] <= interval[0]:
-                raise ConfigError(f"tracking_intervals: {interval!r} must be [start, end) with 0 <= start < end")
+            if len(interval) != 2 or not 0 <= interval[0] < interval[1] <= MAX_FRAME_INDEX:
+                raise ConfigError(f"tracking_intervals: {interval!r} must be [start, end) with "
+                                  f"0 <= start < end <= {MAX_FRAME_INDEX}")
+            if interval[0] < previous_end:
+                raise ConfigError(f"tracking_intervals: {interval!r} overlaps or precedes the interval before it; "
+                                  "give them sorted and without overlap")
+            previous_end = interval[1]
+        for i, entry in enumerate(self.roi_list):
+            from .segment import parse_roi_entry  # segment imports this module
+
+            try:
+                parse_roi_entry(entry)
+            except ValueError as exc:
+                raise ConfigError(f"roi_list[{i}]: cannot read {entry!r:.80} ({exc})") from None
 
     @property
     def is_simulated(self) -> bool:
@@ -182,7 +243,7 @@ def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("segmentation", "linking", "identity", "recording", "sim", "streaming")}
+            ("segmentation", "linking", "identity", "appearance", "recording", "sim", "streaming")}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -206,12 +267,23 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        if isinstance(value, float) and math.isnan(value):
+            raise ConfigError(f"{key}: nan is not a usable value")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}: {value} is out of range") from None
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {annotation!r}")
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """A value (TOML or command line) converted to ``annotation`` (bool, int, float, str or a list
+    of them), or a ConfigError naming ``key``; nan is refused."""
+    return _coerce(key, value, annotation)
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
@@ -244,6 +316,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: parameter file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); "
+                          "save the parameter file as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: TOML syntax error: arrays or tables nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read parameter file: {exc.strerror}") from None
 
@@ -252,7 +329,7 @@ def parse_override(key: str, text: str) -> Any:
     """A command-line value read as a TOML value (numbers, lists, booleans), else as a string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return text
 
 
@@ -301,25 +378,5 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
 
 def to_toml(values: dict[str, Any]) -> str:
-    """Write a config dict as TOML (only the types the config uses)."""
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, float):
-            if math.isinf(v):
-                return "inf" if v > 0 else "-inf"
-            return repr(v)
-        if isinstance(v, int):
-            return str(v)
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        raise TypeError(f"cannot write {v!r} as TOML")
-
-    lines = [f"{k} = {scalar(v)}" for k, v in values.items() if not isinstance(v, dict)]
-    for table, sub in values.items():
-        if isinstance(sub, dict):
-            lines.append(f"\n[{table}]")
-            lines.extend(f"{k} = {scalar(v)}" for k, v in sub.items())
-    return "\n".join(lines) + "\n"
+    """Write a config dict as TOML (tomli_w escapes every string; inf stays inf)."""
+    return tomli_w.dumps(values)

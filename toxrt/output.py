@@ -20,6 +20,10 @@ and toxrt's own keys: ``status`` int8 (frames, N) (-1 missing, else types.Status
 ("toxrt-live" or "toxrt-refined"). ``trajectorytools.Trajectories.from_idtrackerai`` loads the npy,
 the h5 and the csv folder.
 
+``<name>.npz`` holds the same arrays and scalars without pickling (``np.load(path)`` as it is,
+``allow_pickle=False``): toxrt's own readers (``toxrt refine``) read it, so that no file in a shared
+session folder can run code when read. ``setup_points`` and ``length_unit`` are left out of it.
+
 The csv folder ``<name>_csv/`` holds ``trajectories.csv`` (header ``time,x1,y1,...``),
 ``id_probabilities.csv`` (``time,id1,...``) and ``attributes.json`` (the scalar keys), like
 idtracker.ai's. Missing values are written ``nan``: readers that use ``np.loadtxt`` (trajectorytools
@@ -189,7 +193,8 @@ def trajectories_dict(trajectories: np.ndarray, id_probabilities: np.ndarray, st
 def write_trajectories(trajectories_dir: Path, trajectories: np.ndarray, id_probabilities: np.ndarray,
                        status: np.ndarray, meta: dict, formats: list[str],
                        filename: str = "trajectories") -> list[Path]:
-    """Write ``<filename>.npy`` always, ``<filename>_csv/`` for "csv", ``<filename>.h5`` for "h5".
+    """Write ``<filename>.npy`` and ``<filename>.npz`` always, ``<filename>_csv/`` for "csv",
+    ``<filename>.h5`` for "h5".
 
     Shapes as returned by assemble_trajectories; meta as read by trajectories_dict. Each file is
     written to a temporary name and renamed. Returns the paths written.
@@ -197,7 +202,7 @@ def write_trajectories(trajectories_dir: Path, trajectories: np.ndarray, id_prob
     folder = Path(trajectories_dir)
     folder.mkdir(parents=True, exist_ok=True)
     data = trajectories_dict(trajectories, id_probabilities, status, meta)
-    written = [_write_npy(folder / f"{filename}.npy", data)]
+    written = [_write_npy(folder / f"{filename}.npy", data), write_plain_npz(folder / f"{filename}.npz", data)]
     if "csv" in formats:
         written.append(_write_csv(folder / f"{filename}_csv", data))
     if "h5" in formats:
@@ -212,6 +217,27 @@ def _write_npy(path: Path, data: dict) -> Path:
         np.save(handle, data, allow_pickle=True)
     os.replace(tmp, path)
     return path
+
+
+def write_plain_npz(path: Path, data: dict) -> Path:
+    """The arrays, numbers, strings and string lists of ``data`` as an npz that loads without pickle."""
+    plain = {}
+    for key, value in data.items():
+        if isinstance(value, (np.ndarray, int, float, str)) and not isinstance(value, bool):
+            plain[key] = np.asarray(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            plain[key] = np.array(value, dtype=np.str_)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **plain)
+    os.replace(tmp, path)
+    return path
+
+
+def read_plain_npz(path: Path) -> dict[str, np.ndarray]:
+    """What ``write_plain_npz`` wrote, loaded without pickle (a pickled entry raises ValueError)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
 
 
 def _attributes(data: dict) -> dict:

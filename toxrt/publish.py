@@ -35,6 +35,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from .config import zmq_address_problem
 from .errors import ToxrtError
 from .types import FrameResult, IdentityEvent, Status
 
@@ -101,7 +102,10 @@ def decode(payload: bytes) -> dict:
     Raises ``ValueError`` for anything that is not one map.
     """
     if payload[:1] == b"{":
-        message = json.loads(payload)
+        try:
+            message = json.loads(payload)
+        except RecursionError:  # raised by the C parser for JSON nested ~1000 deep
+            raise ValueError("JSON nested too deeply") from None
     else:
         try:
             message = msgpack.unpackb(payload, raw=False, strict_map_key=False)
@@ -200,8 +204,9 @@ def bind_socket(socket: zmq.Socket, address: str, allow_remote: bool, key: str) 
     """Bind, refusing non-loopback addresses unless asked for, with one-line errors; returns the
     endpoint bound ("tcp://127.0.0.1:*" picks a free port). On failure the socket is closed."""
     try:
-        if "://" not in address:
-            raise ToxrtError(f"{key}: {address!r} is not a ZeroMQ address (e.g. tcp://127.0.0.1:5556)")
+        problem = zmq_address_problem(address)
+        if problem:
+            raise ToxrtError(f"{key}: {address!r} {problem}")
         if not allow_remote and not is_loopback_address(address):
             raise ToxrtError(f"{key}: {address} is reachable from other machines; bind 127.0.0.1 "
                              f"or set streaming.allow_remote = true to allow it")
@@ -313,6 +318,7 @@ class Publisher:
         self.dropped = 0
         self.source_dropped = 0  # frames the source dropped, reported in status (set by the caller)
         self.subscriptions = 0  # subscribe minus unsubscribe messages seen
+        self.status_fields: dict[str, Any] = {}  # added to every status message (set by the caller)
         self.meter = StatusMeter(status_interval_s)
         self._closed = False
 
@@ -371,7 +377,8 @@ class Publisher:
         self.poll_subscriptions()
         message = {"v": SCHEMA_VERSION, "t_publish": now, **self.meter.snapshot(now),
                    "published": self.sent, "dropped_publish": self.dropped,
-                   "dropped_source": int(self.source_dropped), "subscriptions": self.subscriptions, **extra}
+                   "dropped_source": int(self.source_dropped), "subscriptions": self.subscriptions,
+                   **self.status_fields, **extra}
         return self._send(TOPIC_STATUS, encode(message, self.fmt))
 
     # -- subscriptions --------------------------------------------------------------------------

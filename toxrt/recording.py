@@ -9,12 +9,19 @@ Layout (see docs/architecture.md, "The session folder")::
     identification_images.u8     raw uint8 crops, s * s bytes per row, append-only
     events.jsonl                 one JSON object per line
 
-Durability: the writer thread flushes at least every ``flush_interval_s``. A chunk is written to a
-temporary file and renamed, so a chunk either exists whole or not at all. Crops and event lines
-are appended and flushed to the operating system *before* the chunk that refers to them is
-renamed into place. No ``fsync`` is done: after a ``kill -9`` the kernel still writes the page
+Durability: the writer thread flushes what it holds once the oldest of it is ``flush_interval_s``
+old. A chunk is written to a temporary file and renamed, so a chunk either exists whole or not at
+all. Crops and event lines are appended and flushed to the operating system *before* the chunk
+that refers to them is renamed into place. No ``fsync`` is done: after a ``kill -9`` the kernel still writes the page
 cache out, so everything flushed survives; only a power cut or kernel crash can lose more, and
 the loader tolerates that too (a crop file shorter than the rows, a half-written last line).
+
+A ``kill -9`` loses at most ``flush_interval_s`` plus the *flush lag*: how long after it was due a
+flush reached the disk. On a local disk the lag is milliseconds. On slow storage it grows to about
+twice the time one chunk takes to write minus the interval (a chunk queued while the previous one is
+written is written right after it); the writer measures it (``WriterStats``), and warns, rate-limited,
+when it exceeds ``flush_interval_s``. ``session.json`` says ``recording_complete`` once the writer was
+closed; ``complete`` is set only by the end-of-session finishing, once the trajectories are written.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -36,6 +43,8 @@ import numpy as np
 from . import __version__
 from .config import RecordingConfig
 from .errors import SessionError
+from .log_limit import WarningLimiter
+from .session_lock import SessionLock
 from .types import FrameResult, IdentityEvent, blob_records
 
 log = logging.getLogger(__name__)
@@ -99,6 +108,9 @@ class WriterStats:
     max_queue_depth: int = 0
     stalls: int = 0  # write_frame calls that found the queue full and waited
     dropped: int = 0  # always 0: a full queue blocks the caller instead
+    flush_lag_s: float = 0.0  # the last flush: seconds after it was due that it reached the disk
+    max_flush_lag_s: float = 0.0  # the largest flush lag so far; a kill loses <= flush_interval_s + this
+    slow_flushes: int = 0  # flushes whose lag exceeded flush_interval_s
 
 
 @dataclasses.dataclass
@@ -108,6 +120,7 @@ class _Pending:
     frames: list = dataclasses.field(default_factory=list)  # FrameResults, in frame order
     events: list = dataclasses.field(default_factory=list)  # JSON lines
     meta_dirty: bool = False
+    first_queued: float | None = None  # clock time the oldest item held was queued
 
 
 class SessionWriter:
@@ -133,6 +146,8 @@ class SessionWriter:
         identification_image_size: int,
         histogram_bins: int,
         overwrite: bool = False,
+        lock: SessionLock | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """Create the folder and write session.json, parameters.toml and background.png.
 
@@ -140,6 +155,9 @@ class SessionWriter:
         number_of_animals, body_length_px, ...). background: (height, width) grey image; float
         values are rounded and clipped to uint8. An existing session in ``session_dir`` raises
         SessionError unless ``overwrite`` is true, in which case its recording files are removed.
+        lock: the folder's SessionLock, held by the caller (who releases it); without one the writer
+        takes it here and releases it on close. A folder locked by a live process raises SessionError.
+        clock: monotonic seconds, for the flush schedule and the flush lag.
         """
         self.session_dir = Path(session_dir)
         self.cfg = cfg
@@ -148,32 +166,46 @@ class SessionWriter:
         self._bins = int(histogram_bins)
         self._closed = False
         self._error: BaseException | None = None
-        self._prepare_folder(overwrite)
-        self._meta = {
-            **meta,
-            "format": FORMAT,
-            "toxrt_version": __version__,
-            "identification_image_size": self._crop_size,
-            "histogram_bins": self._bins,
-            "identification_images": bool(cfg.identification_images),
-            "background": background is not None,
-            "complete": False,
-        }
-        self._write_meta()
-        (self.session_dir / PARAMETERS_TOML).write_text(parameters_toml)
-        if background is not None:
-            image = np.clip(np.rint(background), 0, 255).astype(np.uint8)
-            if not cv2.imwrite(str(self.session_dir / BACKGROUND_PNG), image):
-                raise SessionError(f"{self.session_dir / BACKGROUND_PNG}: cannot write the background image")
+        self._clock = clock
+        self._own_lock = SessionLock(self.session_dir) if lock is None else None
+        try:
+            self._prepare_folder(overwrite)
+            self._meta = {
+                **meta,
+                "format": FORMAT,
+                "toxrt_version": __version__,
+                "identification_image_size": self._crop_size,
+                "histogram_bins": self._bins,
+                "identification_images": bool(cfg.identification_images),
+                "background": background is not None,
+                "complete": False,
+            }
+            self._start_files(parameters_toml, background)
+        except OSError as exc:  # a full disk or a read-only folder: one line, not a traceback
+            self._release_own_lock()
+            raise SessionError(f"{self.session_dir}: cannot write the session: {exc.strerror or exc}") from None
+        except BaseException:
+            self._release_own_lock()
+            raise
+        self._slow_warnings = WarningLimiter(log, first=3, every_s=30.0, clock=clock)
         self._chunk_index = 0
         self._crop_rows = 0  # images in identification_images.u8 so far
         self._last_frame = -1
-        self._crops_handle = open(self.session_dir / CROPS_FILE, "ab") if cfg.identification_images else None
-        self._events_handle = open(self.session_dir / EVENTS_FILE, "a", encoding="utf-8")
         self._queue: queue.Queue = queue.Queue(maxsize=cfg.queue_frames)
         self._thread = threading.Thread(target=self._run, name="toxrt-session-writer", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)  # an unclosed writer still flushes when Python exits
+
+    def _start_files(self, parameters_toml: str, background: np.ndarray | None) -> None:
+        """session.json, parameters.toml, background.png, and the append-only files opened."""
+        self._write_meta()
+        (self.session_dir / PARAMETERS_TOML).write_text(parameters_toml, encoding="utf-8")
+        if background is not None:
+            image = np.clip(np.rint(background), 0, 255).astype(np.uint8)
+            if not cv2.imwrite(str(self.session_dir / BACKGROUND_PNG), image):
+                raise SessionError(f"{self.session_dir / BACKGROUND_PNG}: cannot write the background image")
+        self._crops_handle = open(self.session_dir / CROPS_FILE, "ab") if self.cfg.identification_images else None
+        self._events_handle = open(self.session_dir / EVENTS_FILE, "a", encoding="utf-8")
 
     def _prepare_folder(self, overwrite: bool) -> None:
         folder = self.session_dir
@@ -203,8 +235,7 @@ class SessionWriter:
         if blobs.histogram.shape[1:] != (self._bins,):
             raise SessionError(f"histograms of shape {blobs.histogram.shape[1:]} "
                                f"do not match histogram_bins {self._bins}")
-        item = ("frame", result)
-        self._put(item)
+        self._put(("frame", result, self._clock()))
         self.stats.frames_queued += 1
 
     def write_events(self, events: Iterable[dict | IdentityEvent]) -> None:
@@ -214,12 +245,12 @@ class SessionWriter:
         """
         lines = [_json_line(event_to_dict(e), "event") for e in events]
         if lines:
-            self._put(("events", lines))
+            self._put(("events", lines, self._clock()))
 
     def update_meta(self, **fields: Any) -> None:
         """Merge JSON-able fields into session.json (written at the next flush)."""
         _json_line(fields, "session metadata")
-        self._put(("meta", fields))
+        self._put(("meta", fields, self._clock()))
 
     def _put(self, item: Any) -> None:
         self._check_open()
@@ -261,14 +292,22 @@ class SessionWriter:
         atexit.unregister(self._close_at_exit)
         if self._put_waiting(_STOP):
             self._thread.join()
-        if self._crops_handle is not None:
-            self._crops_handle.close()
-        self._events_handle.close()
+        for handle in (self._crops_handle, self._events_handle):
+            try:
+                if handle is not None:
+                    handle.close()  # flushes: fails again on a full disk
+            except OSError as exc:
+                self._error = self._error or exc
+        self._release_own_lock()
         if self._error is not None:
             raise SessionError(f"{self.session_dir}: the session writer failed: {self._error}")
         log.info("session %s closed: %d frames, %d rows, %d chunks, max queue %d, %d stalls",
                  self.session_dir, self.stats.frames_written, self.stats.rows_written,
                  self.stats.chunks_written, self.stats.max_queue_depth, self.stats.stalls)
+
+    def _release_own_lock(self) -> None:
+        if self._own_lock is not None:
+            self._own_lock.release()
 
     def _close_at_exit(self) -> None:
         try:
@@ -287,34 +326,55 @@ class SessionWriter:
     def _run(self) -> None:
         pending = _Pending()
         interval = self.cfg.flush_interval_s
-        next_flush = time.monotonic() + interval
         try:
             while True:
+                # Due when the oldest item held is flush_interval_s old: after a slow flush, what
+                # queued meanwhile is already due, and all of it is written at once.
+                due = None if pending.first_queued is None else pending.first_queued + interval
                 try:
-                    item = self._queue.get(timeout=max(0.0, next_flush - time.monotonic()))
+                    item = self._queue.get(timeout=None if due is None else max(0.0, due - self._clock()))
                 except queue.Empty:
                     item = None
+                if item is not None and item is not _STOP:
+                    self._hold(pending, item)
+                now_due = pending.first_queued is not None and self._clock() >= pending.first_queued + interval
+                if now_due and item is not _STOP:
+                    item = self._hold_queued(pending)
                 if item is _STOP:
-                    self._meta["complete"] = True
+                    self._meta["recording_complete"] = True
                     pending.meta_dirty = True
                     self._flush(pending)
                     return
-                if item is not None:
-                    kind, payload = item
-                    if kind == "frame":
-                        pending.frames.append(payload)
-                    elif kind == "events":
-                        pending.events.extend(payload)
-                    else:
-                        self._meta.update(payload)
-                        pending.meta_dirty = True
-                if time.monotonic() >= next_flush:
+                if now_due:
                     self._flush(pending)
                     pending = _Pending()
-                    next_flush = time.monotonic() + interval
         except BaseException as exc:  # noqa: BLE001 - reported to the caller by write_frame/close
-            log.exception("session writer failed")
+            # One line: the caller turns it into the session's one-line error (a full disk is no bug).
+            log.error("session writer failed: %s", exc)
             self._error = exc
+
+    def _hold(self, pending: _Pending, item: tuple) -> None:
+        kind, payload, t_queued = item
+        if pending.first_queued is None:
+            pending.first_queued = t_queued
+        if kind == "frame":
+            pending.frames.append(payload)
+        elif kind == "events":
+            pending.events.extend(payload)
+        else:
+            self._meta.update(payload)
+            pending.meta_dirty = True
+
+    def _hold_queued(self, pending: _Pending) -> Any:
+        """Take everything queued now into ``pending``; returns _STOP if it was among it, else None."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if item is _STOP:
+                return _STOP
+            self._hold(pending, item)
 
     def _flush(self, pending: _Pending) -> None:
         """The chunk (its crops appended first, the chunk renamed last), events, session.json."""
@@ -327,6 +387,19 @@ class SessionWriter:
         if pending.meta_dirty or pending.frames:
             self._meta["n_frames"] = self._last_frame + 1
             self._write_meta()
+        if pending.first_queued is not None:
+            self._measure_lag(self._clock() - pending.first_queued - self.cfg.flush_interval_s)
+
+    def _measure_lag(self, lag: float) -> None:
+        lag = max(0.0, lag)
+        self.stats.flush_lag_s = lag
+        self.stats.max_flush_lag_s = max(self.stats.max_flush_lag_s, lag)
+        interval = self.cfg.flush_interval_s
+        if lag > interval:
+            self.stats.slow_flushes += 1
+            self._slow_warnings.warn(
+                f"slow disk: a flush reached {self.session_dir} {lag:.2f} s late; a kill now would lose up to "
+                f"{interval + lag:.1f} s of tracking (flush_interval_s = {interval:g})")
 
     def _write_chunk(self, frames: list[FrameResult]) -> None:
         rows = np.concatenate([blob_records(r) for r in frames])

@@ -82,6 +82,7 @@ def compute_background(frames: Iterable[np.ndarray], stat: str) -> np.ndarray:
 _ROI_PATTERN = re.compile(r"^\s*([+-])\s*(Polygon|Ellipse|Rectangle)\s*(.+?)\s*$", re.DOTALL)
 _ROI_SHIFT = 4  # fractional bits of the fixed-point vertices given to cv2.fillPoly
 _ELLIPSE_VERTICES = 180
+ROI_MAX_COORDINATE = 100_000  # pixels; far beyond any frame, small enough for fillPoly's fixed point
 
 
 def _roi_shape_vertices(kind: str, data: object) -> np.ndarray:
@@ -111,7 +112,21 @@ def _roi_shape_vertices(kind: str, data: object) -> np.ndarray:
             raise ValueError("a polygon needs at least 3 points")
     if not np.all(np.isfinite(points)):
         raise ValueError("non-finite coordinates")
+    if np.abs(points).max() > ROI_MAX_COORDINATE:
+        raise ValueError(f"coordinates must be within +-{ROI_MAX_COORDINATE} pixels")
     return points
+
+
+def parse_roi_entry(entry: object) -> tuple[str, np.ndarray]:
+    """``("+" or "-", float64 (k, 2) polygon vertices)`` of one ``roi_list`` entry; ValueError if malformed."""
+    match = _ROI_PATTERN.match(entry) if isinstance(entry, str) else None
+    try:
+        if match is None:
+            raise ValueError("expected '+ Polygon [...]', '- Ellipse {...}' or '+ Rectangle [...]'")
+        sign, kind, body = match.groups()
+        return sign, _roi_shape_vertices(kind, ast.literal_eval(body))
+    except (ValueError, TypeError, KeyError, SyntaxError, RecursionError, MemoryError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
 
 
 def roi_mask_from_list(roi_list: Sequence[str], height: int, width: int) -> np.ndarray | None:
@@ -127,13 +142,9 @@ def roi_mask_from_list(roi_list: Sequence[str], height: int, width: int) -> np.n
     first_removes = roi_list[0].lstrip().startswith("-")
     mask = np.full((height, width), 255 if first_removes else 0, np.uint8)
     for i, entry in enumerate(roi_list):
-        match = _ROI_PATTERN.match(entry) if isinstance(entry, str) else None
         try:
-            if match is None:
-                raise ValueError("expected '+ Polygon [...]', '- Ellipse {...}' or '+ Rectangle [...]'")
-            sign, kind, body = match.groups()
-            vertices = _roi_shape_vertices(kind, ast.literal_eval(body))
-        except (ValueError, TypeError, KeyError, SyntaxError) as exc:
+            sign, vertices = parse_roi_entry(entry)
+        except ValueError as exc:
             raise ConfigError(f"roi_list[{i}]: cannot read {entry!r} ({exc})") from None
         fixed = np.rint(vertices * (1 << _ROI_SHIFT)).astype(np.int32)
         cv2.fillPoly(mask, (fixed,), 255 if sign == "+" else 0, cv2.LINE_8, _ROI_SHIFT)

@@ -19,11 +19,12 @@ import numpy as np
 
 from . import __version__
 from .config import Config, config_to_dict, to_toml
-from .errors import ToxrtError
+from .errors import SessionError, ToxrtError
 from .output import assemble_trajectories, write_trajectories
 from .pipeline import LiveTracker, prepare, warm_up
 from .recording import SessionWriter, event_to_dict
 from .session_end import decide_identities, save_fragment_identities
+from .session_lock import SessionLock
 from .session_reader import load_session
 from .source import open_source, video_name
 from .streaming import LiveLink
@@ -80,10 +81,11 @@ def run_session(
 
         # The replay clock starts with the first frame the loop asks for, not while prepare() runs.
         source = RealtimeSource(source, source.fps, autostart=False)
-    writer = link = None
+    writer = link = lock = None
     try:
         setup = prepare(config, source)
         folder = session_folder(config)
+        lock = SessionLock(folder)  # before anything in the folder is replaced
         meta = {
             "name": video_name(config),
             "video_paths": list(config.video_paths),
@@ -99,7 +101,7 @@ def run_session(
         if link.publisher is not None:  # where to subscribe, also when the port was picked ("...:*")
             meta["publish_address"] = link.publisher.address
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
-                               setup.crop_size, config.segmentation.histogram_bins, overwrite=overwrite)
+                               setup.crop_size, config.segmentation.histogram_bins, overwrite=overwrite, lock=lock)
         first = source.sample(1)
         if first:  # before the replay clock starts: one-time costs must not cost frames
             warm_up(config, setup, first[0])
@@ -115,18 +117,38 @@ def run_session(
                         live_model_dropped_frames=stats.dropped_frames)
         writer.update_meta(frames_tracked=loop["frames"], stopped_early_at=source.stopped_early_at,
                            interrupted=loop["interrupted"], frames_dropped=loop["frames_dropped"])
+    except BaseException:
+        if writer is not None:
+            log.warning("the session was not finished; `toxrt finish %s` writes the trajectories of what "
+                        "was recorded", folder)
+        if lock is not None:
+            _close_quietly(writer)
+            lock.release()
+        raise
     finally:
         source.close()
         if link is not None:
             link.close()
-        if writer is not None:
-            writer.close()  # whatever happened, what was tracked reaches the disk
-    summary = finish_session(folder, config, setup.number_of_animals)
-    summary.update(loop)
-    summary["stopped_early_at"] = source.stopped_early_at
-    summary["session"] = str(folder)
-    _store_summary(folder, summary)
+    try:
+        writer.close()  # whatever happened, what was tracked reaches the disk
+        summary = finish_session(folder, config, setup.number_of_animals)
+        summary.update(loop)
+        summary["stopped_early_at"] = source.stopped_early_at
+        summary["session"] = str(folder)
+        _store_summary(folder, summary)
+    finally:
+        lock.release()
     return summary
+
+
+def _close_quietly(writer: SessionWriter | None) -> None:
+    """Close a writer while another error is on its way out (that error is the one reported)."""
+    if writer is None:
+        return
+    try:
+        writer.close()
+    except ToxrtError as exc:  # the writer thread has logged it already
+        log.debug("%s", exc)
 
 
 def is_live(source) -> bool:
@@ -167,6 +189,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
                     raise
                 continue
             timings.add(time.perf_counter() - t0)
+            link.report_recording(writer.stats)
             outside = link.after_frame(result, t_capture, source)
             latencies.add(time.time() - t_capture)  # capture to published (publishing included)
             writer.write_frame(result)
@@ -207,12 +230,22 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         "individual_blobs_per_frame": individual_blobs / frames if frames else 0.0,
         "writer_stalls": int(writer.stats.stalls),
         "frames_detected_by_reader": tracker.detected_ahead,
+        "writer_flush_lag_max_s": float(writer.stats.max_flush_lag_s),
+        "writer_slow_flushes": int(writer.stats.slow_flushes),
+        "flush_interval_s": float(writer.cfg.flush_interval_s),
         **link.counters(),
     }
 
 
-def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict:
-    """One identity per recorded fragment (``session_end``), then the trajectory files."""
+def finish_session(folder: Path, config: Config, number_of_animals: int, extra: dict | None = None) -> dict:
+    """One identity per recorded fragment (``session_end``), then the trajectory files.
+
+    session.json says ``complete: false`` until every output is written (a kill in between leaves
+    a session that ``toxrt finish`` completes); temporary files of an earlier, killed attempt go.
+    ``extra`` entries are added to the summary stored in session.json.
+    """
+    _set_complete(folder, False)
+    remove_temporary_files(folder)
     session = load_session(folder)
     decision = decide_identities(session, config, number_of_animals)
     save_fragment_identities(folder, decision)
@@ -223,8 +256,12 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
     )
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-live")
-    written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
-                                 config.trajectories_formats)
+    try:
+        written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
+                                     config.trajectories_formats)
+    except OSError as exc:  # a full disk: the recording is whole, only the outputs are missing
+        raise SessionError(f"{folder / 'trajectories'}: cannot write the trajectories: {exc.strerror or exc}; "
+                           f"make room and run `toxrt finish {folder}`") from None
     individual = session.fragments[~session.fragments["is_crossing"]]
     identified = ~np.isnan(trajectories[..., 0])
     confidence = probabilities[..., 0][identified]
@@ -237,18 +274,41 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
         "mean_identity_probability": float(confidence.mean()) if confidence.size else float("nan"),
         **decision.quality(),
         "outputs": [str(p) for p in written],
+        **(extra or {}),
     }
     _store_summary(folder, summary)
     return summary
 
 
 def _store_summary(folder: Path, summary: dict) -> None:
+    """The summary into session.json, which then says ``complete: true`` (the outputs are written)."""
+    _update_meta(folder, summary=summary, complete=True)
+
+
+def _set_complete(folder: Path, complete: bool) -> None:
+    _update_meta(folder, complete=complete)
+
+
+def _update_meta(folder: Path, **fields) -> None:
     path = folder / "session.json"
     meta = json.loads(path.read_text())
-    meta["summary"] = summary
+    meta.update(fields)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     tmp.replace(path)
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed writer left in a session folder (never data: every file is
+    renamed into place only once whole). Call it only while holding the folder's SessionLock."""
+    folder = Path(folder)
+    candidates = [*folder.glob("*.tmp"), *(folder / "blobs").glob("*.tmp"), *(folder / "trajectories").rglob("*.tmp")]
+    removed = [p for p in candidates if p.is_file()]  # offline/ is refine's, which takes no lock
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run in %s", len(removed), folder)
+    return removed
 
 
 def summary_lines(summary: dict) -> list[str]:
@@ -271,6 +331,13 @@ def summary_lines(summary: dict) -> list[str]:
                      "everything before it was tracked and written")
     if summary.get("interrupted"):
         lines.append("note:        stopped before the end of the source; what was tracked is written")
+    if summary.get("writer_slow_flushes"):
+        lag, interval = summary.get("writer_flush_lag_max_s", 0.0), summary.get("flush_interval_s", 0.0)
+        lines.append(f"WARNING:     slow disk: {summary['writer_slow_flushes']} flushes were late, by up to "
+                     f"{lag:.2f} s; a kill could have lost up to {interval + lag:.1f} s of tracking")
+    if summary.get("markers_rejected"):
+        lines.append(f"WARNING:     {summary['markers_rejected']} markers rejected ({summary.get('markers_too_large', 0)} "
+                     "too large, the rest not plain data); the first are in the log")
     if summary.get("frame_errors"):
         lines.append(f"WARNING:     {summary['frame_errors']} frames failed and were skipped (see the log)")
     lines += [f"output:      {p}" for p in summary.get("outputs", [])]

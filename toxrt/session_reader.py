@@ -211,10 +211,10 @@ def _load_events(path: Path) -> list[dict]:
     if not path.exists():
         return []
     events = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().splitlines()
     for k, line in enumerate(lines):
         try:
-            events.append(json.loads(line))
+            events.append(json.loads(line))  # bytes: UTF-8 decoding errors are ValueErrors too
         except ValueError:
             if k == len(lines) - 1:  # a line cut by a crash
                 log.warning("%s: truncated last line ignored", path)
@@ -240,6 +240,8 @@ def load_session(session_dir: str | Path) -> Session:
         parameters = tomllib.loads((folder / PARAMETERS_TOML).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SessionError(f"{folder / PARAMETERS_TOML}: TOML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SessionError(f"{folder / PARAMETERS_TOML}: not UTF-8 text (invalid byte at offset {exc.start})") from None
     background = None
     if meta.get("background"):
         if not (folder / BACKGROUND_PNG).exists():

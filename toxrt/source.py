@@ -147,6 +147,10 @@ class VideoSource:
         counts = [r.n_frames for r in self.readers]
         self.total_frames = sum(counts) if all(counts) else None
         self.intervals = [tuple(map(int, iv)) for iv in intervals]
+        beyond = [list(iv) for iv in self.intervals if self.total_frames is not None and iv[0] >= self.total_frames]
+        if beyond:
+            raise SourceError(f"tracking_intervals: {beyond[0]} starts beyond the end of the video "
+                              f"({self.total_frames} frames: 0..{self.total_frames - 1})")
         self.n_frames = self._count_tracked()
         self.description = ", ".join(paths)
         self.prefetch = prefetch

@@ -114,13 +114,20 @@ class LiveLink:
                 self.publisher.publish_event(event)
         return to_record
 
+    def report_recording(self, stats: Any) -> None:
+        """Put the session writer's flush lag (``WriterStats``) into the next status messages."""
+        if self.publisher is not None:
+            self.publisher.status_fields["flush_lag_s"] = stats.flush_lag_s
+            self.publisher.status_fields["flush_lag_max_s"] = stats.max_flush_lag_s
+
     def counters(self) -> dict:
         counts: dict = {}
         if self.publisher is not None:
             counts.update(published=self.publisher.sent, publish_dropped=self.publisher.dropped,
                           publish_address=self.publisher.address)
         if self.markers is not None:
-            counts.update(markers_received=self.markers.received, markers_rejected=self.markers.rejected)
+            counts.update(markers_received=self.markers.received, markers_rejected=self.markers.rejected,
+                          markers_too_large=self.markers.too_large, markers_overflow=self.markers.overflow)
         return counts
 
     def close(self) -> None:

@@ -269,11 +269,15 @@ def check_session(session: SessionLike, where: str) -> int:
     n = int(meta.get("number_of_animals", 0) or 0)
     if n < 1:
         raise SessionError(f"{where}: session.json has no number_of_animals; refinement needs it")
-    if int(meta.get("identification_image_size", 0) or 0) <= 0:
-        raise SessionError(f"{where}: session was recorded without identification images")
+    if int(meta.get("identification_image_size", 0) or 0) <= 0 or meta.get("identification_images") is False:
+        raise SessionError(f"{where}: session was recorded without identification images "
+                           "(recording.identification_images = false); refinement needs them")
     blobs = session.blobs
     if len(blobs) == 0:
         raise SessionError(f"{where}: session has no blob rows")
+    has_crop = getattr(session, "has_crop", None)
+    if has_crop is not None and not np.any(has_crop):
+        raise SessionError(f"{where}: the identification images file is missing or empty; refinement needs it")
     try:
         probe = np.asarray(session.crops(np.array([0, len(blobs) - 1])))
     except (OSError, ValueError, IndexError) as exc:

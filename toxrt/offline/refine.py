@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,7 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
         raise SessionError(f"{where}: no individual fragments with identification images")
     connectivity = table.connectivity(n)
     warnings: list[str] = []
-    if connectivity < LOW_CONNECTIVITY:
+    if n >= 2 and connectivity < LOW_CONNECTIVITY:  # one animal has no other to be confused with
         warnings.append(f"fragment connectivity {connectivity:.2f} < {LOW_CONNECTIVITY}: too few animals are "
                         "seen together; expect identification errors")
     live_probability = session.blobs["probability"][table.rows[table.offsets[1:] - 1]].astype(np.float64) \
@@ -374,19 +375,31 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
 
 
 def _live_trajectories(folder: Path) -> np.ndarray | None:
-    """float (T, N, 2) of the live output (kept or not yet renamed), None when there is none."""
+    """float (T, N, 2) of the live output (kept or not yet renamed), None when there is none.
+
+    Read from the pickle-free ``.npz`` twin of the idtracker.ai-style npy: never ``allow_pickle``,
+    so a crafted file in a shared session folder cannot run code here.
+    """
+    from ..output import read_plain_npz
+
     out = folder / "trajectories"
-    for name in ("trajectories_live.npy", "trajectories.npy"):
+    for name in ("trajectories_live.npz", "trajectories.npz"):
         path = out / name
         if not path.exists():
             continue
         try:
-            data = np.load(path, allow_pickle=True).item()
-        except (OSError, ValueError, EOFError, AttributeError) as exc:
+            data = read_plain_npz(path)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("%s: unreadable live trajectories (%s); using the recorded live identities", path, exc)
             return None
-        if isinstance(data, dict) and data.get("source") != "toxrt-refined" and "trajectories" in data:
-            return np.asarray(data["trajectories"], np.float64)
+        if str(data.get("source", "")) != "toxrt-refined" and "trajectories" in data:
+            trajectories = data["trajectories"]
+            if trajectories.ndim == 3 and trajectories.shape[2] == 2 and trajectories.dtype.kind == "f":
+                return trajectories.astype(np.float64)
+            log.warning("%s: trajectories of shape %s ignored", path, trajectories.shape)
+    if (out / "trajectories.npy").exists() or (out / "trajectories_live.npy").exists():
+        log.warning("%s: no trajectories.npz next to the npy (an older session); the npy is not read "
+                    "(it would need unpickling); using the recorded live identities", out)
     return None
 
 
@@ -395,7 +408,7 @@ def _keep_live(out_dir: Path) -> None:
     live = out_dir / "trajectories.npy"
     if live.exists() and not (out_dir / "trajectories_live.npy").exists():
         os.replace(live, out_dir / "trajectories_live.npy")
-        for suffix in ("_csv", ".h5"):
+        for suffix in ("_csv", ".h5", ".npz"):
             old = out_dir / f"trajectories{suffix}"
             if old.exists():
                 os.replace(old, out_dir / f"trajectories_live{suffix}")

@@ -287,17 +287,31 @@ def _save_checkpoint(path: Path, fingerprint: dict[str, Any], model: torch.nn.Mo
              "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(),
              "stopper": stopper.state_dict(), "torch_rng": torch.get_rng_state(), "best_model": best_state,
              "batches": result.batches, "history": result.history, "finished": finished}
+    state = _weights_only(state)  # loadable with torch.load(weights_only=True): no pickled code
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
 
+def _weights_only(value: Any) -> Any:
+    """numpy arrays as tensors and numpy scalars as Python numbers, the rest as it is, recursively."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _weights_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_weights_only(v) for v in value)
+    return value
+
+
 def _load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
     except Exception as exc:  # a damaged file: start again rather than fail the run
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, str(exc).strip().splitlines()[0][:200])
         return None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         log.warning("ignoring checkpoint %s: unknown format", path)
