@@ -302,11 +302,7 @@ class Accumulator:
                 continue
             model = self.fit(identity, train)
             held = np.flatnonzero(fold == k)
-            part = self.fragment_log_likelihood(model, held)[held]
-            # An identity that this fold's model never saw is neither favoured nor ruled out.
-            unseen = np.setdiff1d(np.arange(self.n), model.identities - 1)
-            part[:, unseen] = part[:, model.identities - 1].mean(axis=1, keepdims=True)
-            loglik[held] = part
+            loglik[held] = neutral_unseen(self.fragment_log_likelihood(model, held)[held], model)
             known_to_model[np.ix_(held, model.identities - 1)] = True
         taken = np.zeros((len(self.graph), self.n), bool)
         known = np.flatnonzero(identity > 0)
@@ -321,6 +317,14 @@ class Accumulator:
             post = _posterior(loglik[known], taken[known], temperature)
             probability[known] = post[np.arange(known.size), identity[known] - 1]
         return probability, temperature
+
+
+def neutral_unseen(loglik: np.ndarray, model: ModelSnapshot) -> np.ndarray:
+    """loglik (F, N) of held-out fragments with each identity that ``model`` never saw set to the mean
+    of the others: neither favoured nor ruled out (the floor would rule it out)."""
+    unseen = np.setdiff1d(np.arange(loglik.shape[1]), model.identities - 1)
+    loglik[:, unseen] = loglik[:, model.identities - 1].mean(axis=1, keepdims=True)
+    return loglik
 
 
 def _posterior(loglik: np.ndarray, taken: np.ndarray, temperature: float) -> np.ndarray:

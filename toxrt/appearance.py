@@ -25,7 +25,7 @@ product and a background thread can replace the model at any time.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -141,7 +141,7 @@ class ModelSnapshot:
 
     identities int64 (C,): the identities (1..N) the model knows; coef float32 (C, d); intercept
     float32 (C,); number_of_animals N. ``temperature`` divides summed image log-probabilities when a
-    fragment's probability is formed from several images (see ``fragment_probabilities``).
+    fragment's probability is formed from several images (``accumulation.fit_temperature``).
     """
 
     identities: np.ndarray
@@ -149,6 +149,8 @@ class ModelSnapshot:
     intercept: np.ndarray
     number_of_animals: int
     temperature: float = 1.0
+    # fragment id -> identity, for the recent fragments a live learner accepted (``live_appearance``)
+    accepted: dict = field(default_factory=dict)
 
     def log_proba(self, features: np.ndarray) -> np.ndarray:
         """float32 (k, N): log-probability of each identity 1..N; unknown identities get the floor."""

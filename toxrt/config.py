@@ -128,6 +128,7 @@ class IdentityConfig:
 @dataclass(frozen=True)
 class AppearanceConfig:
     live: bool = _opt(True)
+    live_inline: bool = _opt(False)
     band_fraction: float = _opt(0.3, *_between(0.05, 1))
     global_acceptance: float = _opt(0.99, *_between(0.5, 0.999999))
     certainty: float = _opt(3.0, *_between(0, 1000, open_lo=True))

@@ -373,14 +373,21 @@ class LiveIdentities:
         slots = np.flatnonzero(evidence & ((identity > 0) | enough))
         slots = slots[np.argsort(self._frag_id[slots], kind="stable")]
         kept = identity[held & ~evidence]
-        available = np.setdiff1d(np.arange(1, self._n + 1), kept)
         z = self._evidence[slots] / self._model.temperature
         log_post = z - z.max(axis=1, keepdims=True)
         log_post -= np.log(np.exp(log_post).sum(axis=1, keepdims=True))
         new_identity = np.zeros(slots.size, np.int32)
-        if available.size:
-            rows, cols = linear_sum_assignment(log_post[:, available - 1], maximize=True)
-            new_identity[rows] = available[cols]
+        # Fragments the learner accepted keep its identity (it checked them against coexistence).
+        accepted = np.array([self._model.accepted.get(int(f), 0) for f in self._frag_id[slots]], np.int32)
+        accepted[np.isin(accepted, kept)] = 0
+        _, first = np.unique(accepted, return_index=True)
+        accepted[np.setdiff1d(np.arange(accepted.size), first)] = 0  # one holder per identity
+        new_identity[:] = accepted
+        open_rows = np.flatnonzero(accepted == 0)
+        available = np.setdiff1d(np.arange(1, self._n + 1), np.concatenate([kept, accepted]))
+        if available.size and open_rows.size:
+            rows, cols = linear_sum_assignment(log_post[np.ix_(open_rows, available - 1)], maximize=True)
+            new_identity[open_rows[rows]] = available[cols]
         # P2: the chosen identity against those no other alive fragment holds
         others = np.zeros((slots.size, self._n), bool)
         for ident in np.concatenate([kept, new_identity[new_identity > 0]]).tolist():

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .accumulation import certainty, fit_temperature
+from .accumulation import certainty, fit_temperature, neutral_unseen
 from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
 from .config import AppearanceConfig
 
@@ -92,6 +92,7 @@ class LiveAppearance:
         self._global_sets: dict[tuple[int, ...], int] = {}
         self._pool = np.zeros((self.n, cfg.live_images_per_identity, shape.size), np.float32)
         self._pool_count = np.zeros(self.n, np.int64)  # images ever added per identity (ring position)
+        self._pool_fragment = np.full((self.n, cfg.live_images_per_identity), -1, np.int64)
         self._last_frame = -1
         self._next_training = 0
         self._pending: collections.deque[Observation] = collections.deque()
@@ -200,15 +201,16 @@ class LiveAppearance:
         images = np.asarray(record.images, np.float32)[-ring:]
         slots = (self._pool_count[label - 1] + np.arange(images.shape[0])) % ring
         self._pool[label - 1, slots] = images
+        self._pool_fragment[label - 1, slots] = f
         self._pool_count[label - 1] += images.shape[0]
         self.stats.accepted_fragments += 1
 
     def _fit(self, exclude_parity: int | None = None) -> ModelSnapshot | None:
-        """The model on the pool (without its odd or even rows when asked), None with < 2 identities."""
+        """The model on the pool (without the fragments of one id parity when asked), None with < 2 identities."""
         ring = np.arange(self._pool.shape[1])
         use = ring[None, :] < np.minimum(self._pool_count, ring.size)[:, None]
         if exclude_parity is not None:
-            use &= (ring % 2 != exclude_parity)[None, :]
+            use &= self._pool_fragment % 2 != exclude_parity
         labels = np.repeat(np.arange(1, self.n + 1), use.sum(axis=1))
         if np.unique(labels).size < 2:
             return None
@@ -225,26 +227,29 @@ class LiveAppearance:
             model = self._fit()
         if model is None:
             return False
-        self._snapshot = ModelSnapshot(model.identities, model.coef, model.intercept, self.n, self._temperature())
+        accepted = {f: r.label for f, r in self._fragments.items() if r.label}
+        self._snapshot = ModelSnapshot(model.identities, model.coef, model.intercept, self.n, self._temperature(),
+                                       accepted)
         self.stats.trainings += 1
         return True
 
     def _temperature(self) -> float:
-        """Fit on the even pool images, score the odd ones: the temperature of summed log-probabilities."""
+        """Train on the fragments with even ids, score those with odd ids: the temperature of their
+        summed log-probabilities (``accumulation.fit_temperature``)."""
         model = self._fit(exclude_parity=1)
         if model is None:
             return 1.0
-        held = np.minimum(self._pool_count, self._pool.shape[1])
+        held = np.arange(self._pool.shape[1])[None, :] < np.minimum(self._pool_count, self._pool.shape[1])[:, None]
         loglik, labels = [], []
-        for i in range(self.n):
-            odd = np.arange(1, int(held[i]), 2)
-            for chunk in np.array_split(odd, max(1, odd.size // max(self.cfg.min_images, 1))):
-                if chunk.size:
-                    loglik.append(model.log_proba(self._pool[i, chunk]).sum(axis=0))
-                    labels.append(i)
+        for i in model.identities - 1:  # an identity the model never saw cannot be scored
+            fragments = self._pool_fragment[i][held[i]]
+            for f in np.unique(fragments[fragments % 2 == 1]).tolist():
+                rows = np.flatnonzero(held[i] & (self._pool_fragment[i] == f))
+                loglik.append(model.log_proba(self._pool[i, rows]).sum(axis=0))
+                labels.append(i)
         if not labels:
             return 1.0
-        return fit_temperature(np.array(loglik, np.float64), np.array(labels))
+        return fit_temperature(neutral_unseen(np.array(loglik, np.float64), model), np.array(labels))
 
     def _accept_candidates(self, model: ModelSnapshot) -> int:
         """One accumulation round over the recent fragments; returns how many were accepted."""

@@ -93,7 +93,7 @@ def warm_up(config: Config, setup: Setup, image: np.ndarray) -> None:
 class LiveTracker:
     """Segmentation -> linking -> live identities, for one frame at a time (no future frames)."""
 
-    def __init__(self, config: Config, setup: Setup, learn: bool = True, synchronous_learner: bool = False):
+    def __init__(self, config: Config, setup: Setup, learn: bool = True):
         params = SegmentationParams.from_config(config, setup.crop_size, setup.single_animal_area)
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self._segmentation = (params, setup.background, setup.roi_mask)
@@ -109,7 +109,7 @@ class LiveTracker:
         self.learner = None
         if learn and config.appearance.live and setup.number_of_animals >= 2:
             self.learner = LiveAppearance(config.appearance, self.feature_shape, setup.number_of_animals,
-                                          setup.frames_per_second, synchronous=synchronous_learner)
+                                          setup.frames_per_second, synchronous=config.appearance.live_inline)
 
     def detector(self) -> Callable[[Frame], Frame]:
         """Segmentation and features for another thread (with buffers of its own): a frame -> the

@@ -51,6 +51,11 @@ LOW_SILHOUETTE = 0.5
 class RefineOptions:
     """Settings of the offline refinement; the defaults follow the paper, tuned for CPU speed."""
 
+    method: str = "accumulation"
+    """``accumulation``: the appearance model learned by accumulation (``toxrt.accumulation``, no
+    torch, seconds on a CPU; its settings are the session's ``[appearance]`` table); or
+    ``contrastive``: idtracker.ai v6's contrastive network + K-means, for a GPU, a long time budget,
+    or a video without any frame that shows every animal apart."""
     device: str = "auto"
     """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
     image_size: int = 32
@@ -95,6 +100,13 @@ class RefineOptions:
     """Resume from an existing checkpoint made with the same settings; False starts afresh."""
     max_crossing_gap: int = 0
     """Longest crossing (frames) filled from the identities around it; 0 = 2 s at the session fps."""
+    min_batches: int = -1
+    """Contrastive: batches before the silhouette may stop training or choose the kept model; -1 =
+    auto: 500 on a CPU (on zebrafish14 the silhouette peaked at batch 25 while the identities kept
+    improving until batch 300 and beyond), 0 on a GPU."""
+    time_budget_s: float = -1.0
+    """Contrastive: stop after this many seconds with the best model so far; 0 = none; -1 = auto:
+    600 on a CPU, none on a GPU."""
 
     def resolved(self, device_type: str, number_of_animals: int) -> "RefineOptions":
         """These options with every ``auto`` / 0 default replaced by its value for ``device_type``."""
@@ -105,7 +117,9 @@ class RefineOptions:
             "batch_pairs": (0, 400 if gpu else 100),
             "max_batches": (0, 15000 if gpu else 3000),
             "eval_every": (0, max(100, 5 * n) if gpu else 25),
-            "patience": (0, 30 if gpu else 4),
+            "patience": (0, 30 if gpu else 8),
+            "min_batches": (-1, 0 if gpu else 500),
+            "time_budget_s": (-1.0, 0.0 if gpu else 600.0),
             "min_improvement": (-1.0, 0.0 if gpu else 0.01),
             "silhouette_images": (0, (1000 if gpu else 250) * n),
         }
@@ -114,7 +128,11 @@ class RefineOptions:
 
     def __post_init__(self) -> None:
         checks = [
+            ("method", self.method in ("accumulation", "contrastive"), "accumulation or contrastive"),
             ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("min_batches", self.min_batches >= -1, "-1 (auto) or 0 or more"),
+            ("time_budget_s", self.time_budget_s == -1.0 or 0.0 <= self.time_budget_s <= 1e7,
+             "-1 (auto), 0 (none) or seconds"),
             ("image_size", 8 <= self.image_size <= 256, "8..256"),
             ("network", self.network in ("auto", "resnet18", "small"), "auto, resnet18 or small"),
             ("batch_pairs", self.batch_pairs >= 0, "0 (auto) or more"),
@@ -162,9 +180,11 @@ class RefineResult:
         return {int(self.table.ids[f]): (int(self.identity[f]), float(self.probability[f])) for f in keep}
 
     def estimated_accuracy(self) -> float:
-        """Image-weighted mean probability of the identities given (idtracker.ai's estimate)."""
-        n = self.table.n_images * (self.identity > 0)
-        return float((n * self.probability).sum() / n.sum()) if n.sum() else float("nan")
+        """Expected share of individual images with the right identity: the image-weighted mean
+        probability, unidentified images counting 0."""
+        n = self.table.n_images
+        p = np.where(self.identity > 0, self.probability, 0.0)
+        return float((n * p).sum() / n.sum()) if n.sum() else float("nan")
 
     def fraction_identified(self) -> float:
         """Fraction of individual images whose fragment has an identity."""
@@ -207,7 +227,8 @@ class RefineSummary:
             f"session:      {self.session_dir}",
             f"result:       {self.status} ({self.number_of_animals} animals, {self.fragments} fragments, "
             f"{self.images} images)",
-            f"training:     {self.batches} batches in {self.seconds:.0f} s"
+            (f"training:     {self.batches} batches in {self.seconds:.0f} s" if self.batches else
+             f"time:         {self.seconds:.1f} s")
             + (f" (resumed at {self.resumed_from})" if self.resumed_from else "")
             + (" (interrupted: best model so far)" if self.interrupted else ""),
             f"quality:      silhouette {self.silhouette:.3f}, estimated accuracy {self.estimated_accuracy:.4f}, "
@@ -222,19 +243,22 @@ class RefineSummary:
 
 def refine(session: SessionLike, options: RefineOptions, where: str = "session",
            checkpoint: Path | None = None, progress: bool = True,
-           live_trajectories: np.ndarray | None = None) -> RefineResult:
+           live_trajectories: np.ndarray | None = None,
+           live_fragment_identities: dict[int, tuple[int, float]] | None = None) -> RefineResult:
     """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint.
 
-    ``live_trajectories`` float (T, N, 2), the live output: when given, the live identity of each
-    fragment (K-means start, cluster numbering, changes counted) is the one it has there, i.e. after
-    the live stage's end-of-session fusion; else the recorded per-row decision.
+    The live identity of each fragment (K-means start, numbering, changes counted) is the one the end
+    of the session decided (``live_fragment_identities``, from ``fragment_identities.npz``); for
+    older sessions the one it has in ``live_trajectories`` float (T, N, 2); else the recorded per-row
+    decision.
     """
-    # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
-    from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
-
     n = check_session(session, where)
     table = build_fragment_table(session)
-    if live_trajectories is not None and len(table):
+    if live_fragment_identities and len(table):  # what the end of the session decided (session_end.py)
+        final = np.array([live_fragment_identities.get(int(f), (0, 0.0))[0] for f in table.ids], np.int32)
+        table = dataclasses.replace(table, live_identity=np.where(final > 0, final, table.live_identity)
+                                    .astype(np.int32))
+    elif live_trajectories is not None and len(table):
         final = live_identities_from_trajectories(table, session.blobs, live_trajectories)
         table = dataclasses.replace(table, live_identity=np.where(final > 0, final, table.live_identity)
                                     .astype(np.int32))
@@ -249,6 +273,11 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
         if "probability" in (session.blobs.dtype.names or ()) else np.ones(len(table))
     keep_live = RefineResult(table, n, table.live_identity.astype(np.int64), live_probability, "kept_live",
                              float("nan"), connectivity, warnings=warnings)
+    if options.method == "accumulation":
+        return _refine_by_accumulation(session, table, n, warnings)
+    # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
+    from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
+
     trainable_pairs = trainable(table)[table.pairs].all(axis=1).sum() if len(table.pairs) else 0
     if n < 2 or trainable_pairs == 0 or trainable(table).sum() < n:
         warnings.append(f"too few coexisting fragments to learn from ({int(trainable_pairs)} pairs of fragments "
@@ -258,7 +287,6 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
         return keep_live
 
     device = resolve_device(options.device)
-    network_asked = options.network
     options = options.resolved(device.type, n)
     log.info("refining on %s: network %s, %d px, %d pairs per batch, silhouette every %d batches",
              device, options.network, options.image_size, options.batch_pairs, options.eval_every)
@@ -267,18 +295,6 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
     settings = TrainSettings(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainSettings)})
     with torch_threads(options.threads or (os.cpu_count() or 1)):
         trained = train_embedding(table, loader, n, settings, device, checkpoint, progress, bf16)
-        if network_asked == "auto" and options.network == "small" and not trained.interrupted \
-                and trained.silhouette < LOW_SILHOUETTE:
-            # The small network is 4x faster but fails on hard animals (14 juvenile zebrafish: it
-            # made identities worse, ResNet18 raised them from 75% to 91%); "auto" pays for ResNet18
-            # only when the small one could not separate the animals.
-            log.warning("small network: silhouette %.2f < %.2f; training ResNet18 instead",
-                        trained.silhouette, LOW_SILHOUETTE)
-            warnings.append(f"the small network reached silhouette {trained.silhouette:.2f} only; "
-                            "identities come from ResNet18")
-            options = dataclasses.replace(options, network="resnet18")
-            settings = dataclasses.replace(settings, network="resnet18")
-            trained = train_embedding(table, loader, n, settings, device, checkpoint, progress, bf16)
         log.info("embedding all %d individual images", table.rows.shape[0])
         z = embed(trained.model, loader, table.rows, device, bf16=bf16)
     if not np.isfinite(z).all():
@@ -314,6 +330,24 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
                         trained.interrupted, trained.resumed_from, trained.seconds, warnings)
 
 
+def _refine_by_accumulation(session: SessionLike, table: FragmentTable, n: int, warnings: list[str]) -> RefineResult:
+    """The appearance model by accumulation, with the session's own ``[appearance]`` settings."""
+    from ..config import AppearanceConfig, build_config
+    from ..session_identities import identify_session
+
+    try:
+        cfg = build_config(dict(getattr(session, "parameters", {}) or {})).appearance
+    except ConfigError as exc:
+        log.warning("the session's parameters.toml is not usable here (%s); default [appearance] settings", exc)
+        cfg = AppearanceConfig()
+    decided = identify_session(session, n, cfg, table.live_identity)
+    result = decided.result
+    # same fragments in the same order (build_fragment_table); keep the live identities given to refine
+    return RefineResult(dataclasses.replace(decided.table, live_identity=table.live_identity), n, result.identity, result.probability, "refined", float("nan"),
+                        table.connectivity(n), train_seconds=decided.seconds,
+                        warnings=[w for w in warnings if not w.startswith("fragment connectivity")] + result.warnings)
+
+
 def frag_of_image_to_group(frag_of_image: np.ndarray, members: np.ndarray) -> np.ndarray:
     """int64 (R,): 1..N for images of the k-th fragment of a global fragment, 0 elsewhere."""
     group = np.zeros(frag_of_image.shape[0], np.int64)
@@ -333,6 +367,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     Raises SessionError (one line) for a folder that is not a readable session with images.
     """
     from ..output import assemble_trajectories, trajectories_dict, write_trajectories
+    from ..session_end import load_fragment_identities
     from ..session_reader import load_session
 
     t0 = time.monotonic()
@@ -341,7 +376,9 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     checkpoint = Path(options.checkpoint) if options.checkpoint else folder / OFFLINE_DIR / "checkpoint.pt"
     if not options.resume and checkpoint.exists():
         checkpoint.unlink()
-    result = refine(session, options, str(folder), checkpoint, progress, _live_trajectories(folder))
+    decided = load_fragment_identities(folder)
+    result = refine(session, options, str(folder), checkpoint, progress,
+                    None if decided else _live_trajectories(folder), decided)
 
     n = result.number_of_animals
     fps = float(session.meta.get("frames_per_second", session.meta.get("fps", 25.0)) or 25.0)
