@@ -112,7 +112,7 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
     for name, when in (("never", 1 << 30), ("always", 0)):
         source_module.AHEAD_WHEN_QUEUED = when
         try:
-            config = load_config(paths["params"], {"output_dir": str(tmp_path / name)})
+            config = load_config(paths["params"], {"output_dir": str(tmp_path / name), "appearance.live_inline": True})
             summary = run_session(config, progress=False)
         finally:
             source_module.AHEAD_WHEN_QUEUED = 2

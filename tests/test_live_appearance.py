@@ -1,0 +1,74 @@
+"""The live appearance learner: seeding, publishing a model, bounded memory, never blocking."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from toxrt import live_appearance
+from toxrt.appearance import AppearanceModel, FeatureShape
+from toxrt.config import AppearanceConfig
+from toxrt.live_appearance import LiveAppearance, Observation
+
+SHAPE = FeatureShape(16, 0.4)
+N = 3
+
+
+def _frames(count: int, rng: np.random.Generator, first: int = 0):
+    """N animals with distinct mean features, all apart in every frame; fragment ids change every 40 frames."""
+    centres = rng.normal(0, 1, (N, SHAPE.size)).astype(np.float32) * 3
+    for t in range(first, first + count):
+        block = t // 40
+        fragment = np.arange(N, dtype=np.int64) + N * block
+        features = centres + rng.normal(0, 1, (N, SHAPE.size)).astype(np.float32)
+        yield Observation(t, fragment, features, np.arange(1, N + 1, dtype=np.int32), True)
+
+
+def test_the_learner_seeds_from_a_global_fragment_and_accepts_later_fragments():
+    learner = LiveAppearance(AppearanceConfig(live_retrain_interval_s=1.0), SHAPE, N, fps=25, synchronous=True)
+    rng = np.random.default_rng(0)
+    assert learner.snapshot() is None
+    for observation in _frames(200, rng):
+        learner.observe(observation)
+    model = learner.snapshot()
+    assert model is not None and learner.stats.seeded_at_frame >= 3
+    assert learner.stats.accepted_fragments > N  # fragments after the seed were accepted too
+    # the published numbering is the live one: fragment k of every block is identity k + 1
+    assert all(model.accepted[f] == f % N + 1 for f in model.accepted)
+    assert model.temperature >= 1.0
+
+
+def test_the_learner_forgets_old_fragments_and_keeps_a_bounded_pool():
+    cfg = AppearanceConfig(live_retrain_interval_s=0.4, live_images_per_identity=100)
+    learner = LiveAppearance(cfg, SHAPE, N, fps=25, synchronous=True)
+    rng = np.random.default_rng(1)
+    for observation in _frames(2000, rng):
+        learner.observe(observation)
+    assert len(learner._fragments) <= N * (1 + live_appearance.FORGET_AFTER_RETRAINS * 10 // 40 + 2)
+    assert learner._pool.shape == (N, 100, SHAPE.size)
+
+
+def test_the_frame_loop_never_waits_for_a_training(monkeypatch):
+    """While a fit is blocked, observe() keeps returning at once."""
+    release, fitting = threading.Event(), threading.Event()
+    real_fit = AppearanceModel.fit
+
+    def slow_fit(self, features, labels):
+        fitting.set()
+        release.wait(30)
+        return real_fit(self, features, labels)
+
+    monkeypatch.setattr(AppearanceModel, "fit", slow_fit)
+    learner = LiveAppearance(AppearanceConfig(live_retrain_interval_s=1.0), SHAPE, N, fps=25)
+    rng = np.random.default_rng(2)
+    try:
+        for observation in _frames(100, rng):
+            learner.observe(observation)
+        assert fitting.wait(30), "the learner never started a fit"
+        for observation in _frames(300, rng, first=100):  # the fit is blocked meanwhile
+            learner.observe(observation)
+        assert learner.snapshot() is None and len(learner._pending) > 0  # frames queued, none waited
+    finally:
+        release.set()
+        learner.close()
+    assert learner.snapshot() is not None
