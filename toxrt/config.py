@@ -2,7 +2,8 @@
 
 Top-level keys keep idtracker.ai's names where the meaning is the same; toxrt's own settings
 live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[recording]``, ``[sim]``).
-``configs/default.toml`` documents every key with its default; a test keeps the two in step.
+``toxrt/default.toml`` (shipped in the package; ``toxrt config --defaults`` prints it) documents
+every key with its default; a test keeps the two in step.
 Each stage receives only its own table.
 """
 from __future__ import annotations
@@ -135,6 +136,9 @@ class Config:
     output_dir: str = _opt("")
     trajectories_formats: list[str] = _opt(["npy", "csv"])
     frames_per_second: float = _opt(0.0, _non_negative, "0 (read from the video) or positive")
+    px_per_cm: float = _opt(0.0, _non_negative, "0 (uncalibrated) or positive")
+    calibration_points: list[list[float]] = _opt([])
+    calibration_distance_cm: float = _opt(0.0, _non_negative, "0 (no two-point calibration) or positive")
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -151,10 +155,34 @@ class Config:
         for interval in self.tracking_intervals:
             if len(interval) != 2 or interval[0] < 0 or interval[1] <= interval[0]:
                 raise ConfigError(f"tracking_intervals: {interval!r} must be [start, end) with 0 <= start < end")
+        _check_calibration(self.px_per_cm, self.calibration_points, self.calibration_distance_cm)
 
     @property
     def is_simulated(self) -> bool:
         return len(self.video_paths) == 1 and self.video_paths[0].startswith("sim:")
+
+    @property
+    def length_unit(self) -> float | None:
+        """Pixels per centimetre from px_per_cm or the two calibration points; None uncalibrated."""
+        if self.px_per_cm > 0:
+            return self.px_per_cm
+        if self.calibration_points:
+            (x0, y0), (x1, y1) = self.calibration_points
+            return math.hypot(x1 - x0, y1 - y0) / self.calibration_distance_cm
+        return None
+
+
+def _check_calibration(px_per_cm: float, points: list[list[float]], distance_cm: float) -> None:
+    if not points and distance_cm == 0:
+        return
+    if px_per_cm > 0:
+        raise ConfigError("px_per_cm and calibration_points: give one calibration, not both")
+    if len(points) != 2 or any(len(p) != 2 for p in points):
+        raise ConfigError(f"calibration_points: {points!r} must be two points [[x0, y0], [x1, y1]] in pixels")
+    if points[0] == points[1]:
+        raise ConfigError(f"calibration_points: {points!r} are the same point")
+    if distance_cm <= 0:
+        raise ConfigError("calibration_distance_cm: must be positive (the real distance between calibration_points)")
 
 
 def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:

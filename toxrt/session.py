@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
 from .fusion import fuse_fragments
-from .output import assemble_trajectories, write_trajectories
+from .output import assemble, idtrackerai_session_fields, length_calibrations, write_trajectories
 from .pipeline import LiveTracker, prepare
 from .recording import SessionWriter, event_to_dict
 from .session_reader import load_session
@@ -93,6 +93,8 @@ def run_session(
             "body_length_px": setup.body_length_px,
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
+            "length_unit": config.length_unit,
+            "length_calibrations": length_calibrations(config),
         }
         link = LiveLink(config.streaming)
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
@@ -199,33 +201,36 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
     rng = np.random.default_rng(0)
     samples = session.fragment_samples(config.identity.fusion_samples, rng)
     fused = fuse_fragments(session.fragments, samples, number_of_animals, config.identity)
-    trajectories, probabilities, status = assemble_trajectories(
+    out = assemble(
         session.blobs, fused, session.n_frames, number_of_animals,
         max_crossing_gap=max(1, int(round(2 * session.meta.get("frames_per_second", 25)))),
     )
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-live")
-    written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
-                                 config.trajectories_formats)
     individual = session.fragments[~session.fragments["is_crossing"]]
-    identified = ~np.isnan(trajectories[..., 0])
-    confidence = probabilities[..., 0][identified]
+    identified = ~np.isnan(out.trajectories[..., 0])
+    confidence = out.id_probabilities[..., 0][identified]
     summary = {
         "number_of_animals": number_of_animals,
         "fragments": int(individual.size),
         "crossing_fragments": int(session.fragments.size - individual.size),
         "fragments_identified": int(sum(1 for f in individual["fragment"] if int(f) in fused)),
         "fraction_identified": float(identified.mean()) if identified.size else 0.0,
-        "mean_identity_probability": float(confidence.mean()) if confidence.size else float("nan"),
-        "outputs": [str(p) for p in written],
+        "mean_identity_probability": float(np.nanmean(confidence)) if np.isfinite(confidence).any() else float("nan"),
     }
-    _store_summary(folder, summary)
+    # quality measures of the identity stage (estimated_accuracy, ...) go into the files from the summary
+    written = write_trajectories(folder / "trajectories", out.trajectories, out.id_probabilities, out.status, meta,
+                                 config.trajectories_formats, areas=out.areas, quality=summary)
+    summary["outputs"] = [str(p) for p in written]
+    _store_summary(folder, summary, idtrackerai_session_fields(folder, session.meta, session.n_frames,
+                                                               number_of_animals))
     return summary
 
 
-def _store_summary(folder: Path, summary: dict) -> None:
+def _store_summary(folder: Path, summary: dict, fields: dict | None = None) -> None:
     path = folder / "session.json"
     meta = json.loads(path.read_text())
+    meta.update(fields or {})
     meta["summary"] = summary
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str))
