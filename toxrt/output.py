@@ -340,27 +340,15 @@ def _write_h5(path: Path, data: dict) -> Path:
     return path
 
 
-def length_calibrations(config: Any) -> list[dict]:
-    """idtracker.ai's ``length_calibrations`` (two points in pixels and their real distance) of a config.
-
-    ``px_per_cm`` becomes the points (0, 0) and (px_per_cm, 0) one centimetre apart, so that
-    idtracker.ai's ``Session.length_unit`` (pixels per unit: mean of |A - B| / distance) equals it.
-    """
-    if config.px_per_cm > 0:
-        return [{"point_A": [0.0, 0.0], "point_B": [float(config.px_per_cm), 0.0], "distance": 1.0}]
-    if config.calibration_points:
-        a, b = config.calibration_points
-        return [{"point_A": list(map(float, a)), "point_B": list(map(float, b)),
-                 "distance": float(config.calibration_distance_cm)}]
-    return []
-
-
 def idtrackerai_session_fields(session_dir: Path, meta: dict, number_of_frames: int,
                                number_of_animals: int) -> dict:
     """The session.json keys that idtracker.ai's ``Session.load`` and its tools read.
 
     Without ``session_folder`` idtrackerai_video fails; when it differs from where the file is,
     idtracker.ai rewrites session.json (keeping every key), so it is the folder's absolute path.
+    No ``length_calibrations``: idtracker.ai 6.0.14 cannot save a session that loaded them from
+    JSON (its LengthCalibration loses ``color``), and the calibration is in the trajectory files'
+    ``length_unit`` anyway.
     """
     n = int(number_of_animals)
     return {

@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
 from .fusion import fuse_fragments
-from .output import assemble, idtrackerai_session_fields, length_calibrations, write_trajectories
+from .output import assemble, idtrackerai_session_fields, write_trajectories
 from .pipeline import LiveTracker, prepare
 from .recording import SessionWriter, event_to_dict
 from .session_reader import load_session
@@ -94,7 +94,6 @@ def run_session(
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
             "length_unit": config.length_unit,
-            "length_calibrations": length_calibrations(config),
         }
         link = LiveLink(config.streaming)
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
