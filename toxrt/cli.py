@@ -175,6 +175,13 @@ def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace, extra: list[str]) -> int:
+    from .stats import run_stats
+
+    print("\n".join(run_stats(args.session, args.load, _overrides(extra), args.out)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -223,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--csv", default=None, help="also write the stream to this CSV file")
     listen.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     listen.set_defaults(run=cmd_listen)
+
+    stats = commands.add_parser("stats", help="kinematics and arena statistics of a session (CSV)",
+                                description="Settings: the [stats] table and px_per_cm of the session's parameters, "
+                                            "then --load FILE, then flags (--stats.zones, --px_per_cm 8.2, ...).")
+    stats.add_argument("session")
+    stats.add_argument("--load", default=None, help="TOML file with a [stats] table (zones, thresholds) or px_per_cm")
+    stats.add_argument("--out", default=None, help="output folder (default: SESSION/stats)")
+    stats.set_defaults(run=cmd_stats)
     return parser
 
 

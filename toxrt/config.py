@@ -122,6 +122,27 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    smooth_sigma_frames: float = _opt(1.0, _non_negative, "0 (no smoothing) or positive")
+    moving_speed_body_lengths: float = _opt(0.5, _non_negative, "0 or more")
+    frozen_speed_body_lengths: float = _opt(0.1, _non_negative, "0 or more")
+    frozen_min_s: float = _opt(1.0, _non_negative, "0 or more")
+    near_wall_body_lengths: float = _opt(1.0, _non_negative, "0 or more")
+    zones: list[list[str]] = _opt([])
+
+    def __post_init__(self) -> None:
+        names = [zone[0] if zone else "" for zone in self.zones]
+        for i, zone in enumerate(self.zones):
+            if len(zone) < 2 or not zone[0].strip() or zone[0].lstrip()[:1] in "+-":
+                raise ConfigError(f"stats.zones[{i}]: {zone!r} must be [name, roi entry, ...], "
+                                  "e.g. [\"left\", \"+ Rectangle [[0, 0], [100, 480]]\"]")
+            if names.count(zone[0]) > 1:
+                raise ConfigError(f"stats.zones[{i}]: the name {zone[0]!r} is used twice")
+        if self.frozen_speed_body_lengths > self.moving_speed_body_lengths:
+            raise ConfigError("stats.frozen_speed_body_lengths: must not exceed stats.moving_speed_body_lengths")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = _opt("")
     video_paths: list[str] = _opt([])
@@ -145,6 +166,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     def __post_init__(self) -> None:
         _check_pair("intensity_ths", self.intensity_ths, 0, 255)
@@ -191,7 +213,7 @@ def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("segmentation", "linking", "identity", "recording", "sim", "streaming")}
+            ("segmentation", "linking", "identity", "recording", "sim", "streaming", "stats")}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -293,6 +315,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     videos = [v if v.startswith(("sim:", "camera:")) or "://" in v else str((base / v)) for v in config.video_paths]
     output_dir = str(base / config.output_dir) if config.output_dir else ""
     return dataclasses.replace(config, video_paths=videos, output_dir=output_dir)
+
+
+def load_session_config(session_dir: str | Path, path: str | Path | None = None,
+                        overrides: dict[str, Any] | None = None) -> Config:
+    """A session's parameters.toml, then a parameter file's keys, then dotted-key overrides.
+
+    How the output tools (stats, report, video, export) get their settings: a session tracked with
+    ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
+    """
+    values = _read_toml(Path(session_dir) / "parameters.toml") if (Path(session_dir) / "parameters.toml").exists() else {}
+    for key, value in (_read_toml(Path(path)) if path is not None else {}).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    for key, value in (overrides or {}).items():
+        merge_dotted(values, key, value)
+    return build_config(values)
 
 
 def build_config(values: dict[str, Any]) -> Config:
