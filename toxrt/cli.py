@@ -182,6 +182,17 @@ def cmd_stats(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
+    from .export import FORMATS, export_session
+    from .results import open_session
+
+    formats = FORMATS if args.format == "all" else [args.format]
+    results, _ = open_session(args.session, None, _overrides(extra))
+    for path in export_session(results, list(formats), Path(args.out) if args.out else None):
+        print(f"written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -238,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--load", default=None, help="TOML file with a [stats] table (zones, thresholds) or px_per_cm")
     stats.add_argument("--out", default=None, help="output folder (default: SESSION/stats)")
     stats.set_defaults(run=cmd_stats)
+
+    export = commands.add_parser("export", help="tidy CSV and SLEAP analysis h5 (loads in movement)")
+    export.add_argument("session")
+    export.add_argument("--format", choices=["all", "tidy", "sleap"], default="all")
+    export.add_argument("--out", default=None, help="output folder (default: SESSION/exports)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 
