@@ -193,6 +193,19 @@ def cmd_export(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_video(args: argparse.Namespace, extra: list[str]) -> int:
+    from .results import open_session
+    from .video import VideoOptions, make_videos
+
+    results, config = open_session(args.session, None, _overrides(extra))
+    options = VideoOptions(start=args.start, end=args.end, scale=args.scale, trail=args.trail,
+                           per_animal=args.per_animal, crop_body_lengths=args.crop,
+                           low_probability=args.low_probability, codec=args.codec)
+    for path in make_videos(results, config, options, Path(args.out) if args.out else None, progress=not args.quiet):
+        print(f"written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -255,6 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=["all", "tidy", "sleap"], default="all")
     export.add_argument("--out", default=None, help="output folder (default: SESSION/exports)")
     export.set_defaults(run=cmd_export)
+
+    video = commands.add_parser("video", help="overlay video: trails, identities, status, probability (WebM)")
+    video.add_argument("session")
+    video.add_argument("--start", type=int, default=0, help="first frame (default 0)")
+    video.add_argument("--end", type=int, default=None, help="frame after the last (default: the end)")
+    video.add_argument("--scale", type=float, default=1.0, help="size reduction, e.g. 0.5 (default 1)")
+    video.add_argument("--trail", type=int, default=20, help="trail length in frames (default 20)")
+    video.add_argument("--per-animal", action="store_true", help="one video per identity, centred on it")
+    video.add_argument("--crop", type=float, default=6.0, help="per-animal crop side in body lengths (default 6)")
+    video.add_argument("--low-probability", type=float, default=0.5,
+                       help="labels below this identity probability get a '?' (default 0.5)")
+    video.add_argument("--codec", choices=["vp8", "vp9"], default="vp8", help="WebM codec (default vp8)")
+    video.add_argument("--out", default=None, help="output folder (default: SESSION/videos)")
+    video.add_argument("--quiet", action="store_true", help="no progress bar")
+    video.set_defaults(run=cmd_video)
     return parser
 
 
