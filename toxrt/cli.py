@@ -206,6 +206,15 @@ def cmd_video(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
+    from .report import write_report
+    from .results import open_session
+
+    results, config = open_session(args.session, args.load, _overrides(extra))
+    print(f"written: {write_report(results, config, Path(args.out) if args.out else None)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -283,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--out", default=None, help="output folder (default: SESSION/videos)")
     video.add_argument("--quiet", action="store_true", help="no progress bar")
     video.set_defaults(run=cmd_video)
+
+    report = commands.add_parser("report", help="one self-contained HTML page: quality, trajectories, timeline, "
+                                                "probabilities, speeds, statistics")
+    report.add_argument("session")
+    report.add_argument("--load", default=None, help="TOML file with a [stats] table or px_per_cm (as for stats)")
+    report.add_argument("--out", default=None, help="the HTML file (default: SESSION/report.html)")
+    report.set_defaults(run=cmd_report)
     return parser
 
 

@@ -81,7 +81,8 @@ def source_frames(results: Results, config: Config, start: int, end: int) -> Ite
         source = VideoSource(results.video_paths, results.fps, [[start, end]])
     except SourceError as exc:
         log.warning("%s; drawing on the background image instead", exc)
-        background = cv2.imread(str(results.folder / "background.png"), cv2.IMREAD_GRAYSCALE)
+        path = results.folder / "background.png"
+        background = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.exists() else None
         if background is None:
             background = np.full((results.height, results.width), 128, np.uint8)
         for _ in range(start, end):
