@@ -1,6 +1,12 @@
 """The ``toxrt`` command: the only module that reads argv.
 
     toxrt track --load params.toml [--number_of_animals 8] [--linking.max_unmatched_frames 4]
+    toxrt track --video_paths fish.mp4 --number_of_animals 8
+    toxrt config --defaults > params.toml
+    toxrt video SESSION [--start 0 --end 500 --scale 0.5 --per-animal]
+    toxrt report SESSION
+    toxrt stats SESSION [--load zones.toml] [--px_per_cm 8.2]
+    toxrt export SESSION [--format tidy|sleap]
     toxrt demo [--animals 8] [--frames 600]
     toxrt simulate OUT_DIR --animals 8 --frames 1500
     toxrt evaluate SESSION GROUND_TRUTH.csv
@@ -80,7 +86,10 @@ def _stop_on_signals() -> None:
 def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
     from .session import run_session
 
-    config = load_config(args.load, _overrides(extra))
+    overrides = _overrides(extra)
+    if isinstance(overrides.get("video_paths"), str):  # --video_paths fish.mp4: one video
+        overrides["video_paths"] = [overrides["video_paths"]]
+    config = load_config(args.load, overrides)
     _stop_on_signals()
     summary = run_session(config, progress=not args.quiet, overwrite=args.overwrite)
     _print_summary(summary)
@@ -215,14 +224,26 @@ def cmd_report(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace, extra: list[str]) -> int:
+    from importlib.resources import files
+
+    if extra:
+        raise ConfigError(f"unexpected arguments {' '.join(extra)}")
+    print(files("toxrt").joinpath("default.toml").read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxrt", description="Real-time multi-animal tracking with live identities.")
     parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default) or ERROR")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    track = commands.add_parser("track", help="track a recording or live source frame by frame",
-                                description="Any parameter key may follow as --key value (tables as --table.key).")
-    track.add_argument("--load", required=True, help="parameter file (TOML)")
+    track = commands.add_parser(
+        "track", help="track a recording or live source frame by frame",
+        description="Any parameter key may follow as --key value (tables as --table.key), e.g. "
+                    "toxrt track --video_paths fish.mp4 --number_of_animals 8. Every key, with its default and "
+                    "meaning: toxrt config --defaults (the file toxrt/default.toml in the package).")
+    track.add_argument("--load", default=None, help="parameter file (TOML); start from: toxrt config --defaults")
     track.add_argument("--overwrite", action="store_true", help="replace an existing session folder")
     track.add_argument("--quiet", action="store_true", help="no progress bar")
     track.set_defaults(run=cmd_track)
@@ -299,6 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--load", default=None, help="TOML file with a [stats] table or px_per_cm (as for stats)")
     report.add_argument("--out", default=None, help="the HTML file (default: SESSION/report.html)")
     report.set_defaults(run=cmd_report)
+
+    config = commands.add_parser("config", help="print every parameter with its default and meaning (TOML)")
+    config.add_argument("--defaults", action="store_true", required=True,
+                        help="print the default parameter file (save it and edit it: toxrt config --defaults > params.toml)")
+    config.set_defaults(run=cmd_config)
     return parser
 
 

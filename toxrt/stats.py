@@ -57,7 +57,7 @@ class Kinematics:
 def speed_acceleration(trajectories: np.ndarray, fps: float, sigma_frames: float,
                        px_per_unit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Speed and acceleration magnitudes (T, N) from trajectorytools; NaN where no position."""
-    tt = require("trajectorytools", "report", "speed and acceleration")
+    tt = require("trajectorytools", "report", "statistics (toxrt stats, toxrt report)")
     n_frames, n = trajectories.shape[:2]
     speed = np.full((n_frames, n), np.nan)
     acceleration = np.full((n_frames, n), np.nan)
