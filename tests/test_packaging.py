@@ -1,5 +1,6 @@
 """Packaging: the default parameters ship in the package, optional dependencies fail clearly, the
 demo writes nothing git tracks. (tools/check_wheel.sh installs the wheel in a clean venv.)"""
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -31,8 +32,12 @@ def test_track_help_points_to_the_defaults():
 
 
 def test_the_wheel_holds_the_default_parameters(tmp_path):
+    source = tmp_path / "src"  # a copy: building in place would leave build/ in the checkout
+    shutil.copytree(ROOT / "toxrt", source / "toxrt", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     (wheel,) = tmp_path.glob("toxrt-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
