@@ -11,7 +11,8 @@ before="$(git -C "$repo" status --porcelain 2>/dev/null || true)"
 
 "$python" -m venv "$work/build-env"
 "$work/build-env/bin/python" -m pip install -q --upgrade pip build
-"$work/build-env/bin/python" -m build --wheel --outdir "$work/dist" "$repo" >/dev/null
+# sdist first, then the wheel from it (in a temporary folder: nothing is built inside the checkout)
+"$work/build-env/bin/python" -m build --outdir "$work/dist" "$repo" >/dev/null
 wheel="$(ls "$work"/dist/toxrt-*.whl)"
 echo "built $(basename "$wheel")"
 

@@ -60,10 +60,16 @@ class VideoOptions:
         return self.start, end
 
 
+# matplotlib's tab10 with its grey replaced (grey means "predicted" and would vanish on grey video)
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (120, 0, 60), (188, 189, 34), (23, 190, 207)]
+
+
 def identity_colours(n: int) -> list[tuple[int, int, int]]:
     """n distinct RGB colours (0..255), the same for identity k in every video and figure."""
-    hues = (np.arange(n) * 0.618033988749895) % 1.0  # golden-ratio steps: neighbours differ most
-    return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.95)) for h in hues]
+    hues = (np.arange(max(0, n - len(PALETTE))) * 0.618033988749895 + 0.05) % 1.0  # golden-ratio steps
+    extra = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(h, 0.85, 0.9)) for h in hues]
+    return (PALETTE + extra)[:n]
 
 
 def source_frames(results: Results, config: Config, start: int, end: int) -> Iterator[np.ndarray]:
