@@ -71,6 +71,13 @@ def nan_equal(a, b, atol=0.0) -> bool:
     return np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0.0, atol=atol, equal_nan=True)
 
 
+def test_idtrackerai_is_the_version_we_read_and_needs_no_torch():
+    from importlib import metadata
+
+    assert metadata.version("idtrackerai") == "6.0.14"
+    assert not [r for r in metadata.requires("idtrackerai") if r.split()[0].lower().startswith("torch")]
+
+
 def test_idtrackerai_loader_reads_every_format_and_the_session(session, video_session, tmp_path):
     ours = np.load(session / "trajectories" / "trajectories.npy", allow_pickle=True).item()
     n_frames, n = ours["trajectories"].shape[:2]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import json
 import math
 import os
 from pathlib import Path
@@ -85,7 +86,7 @@ def quality(results: Results) -> tuple[dict, list[str]]:
     summary, data = results.summary, results.data
 
     def first(*keys):
-        for source in (summary, data):
+        for source in (data, summary):  # the trajectory file's own values first: it may be refined
             for key in keys:
                 value = source.get(key)
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
@@ -101,6 +102,9 @@ def quality(results: Results) -> tuple[dict, list[str]]:
         "mean identity probability": first("mean_identity_probability"),
     }
     warnings = [str(w) for w in summary.get("warnings") or []]
+    refined = results.folder / "offline" / "refine_summary.json"
+    if data.get("source") == "toxrt-refined" and refined.exists():
+        warnings += [f"refinement: {w}" for w in json.loads(refined.read_text()).get("warnings") or []]
     if measures["fraction identified"] is not None and measures["fraction identified"] < LOW_FRACTION_IDENTIFIED:
         warnings.append(f"only {100 * measures['fraction identified']:.1f}% of animal-frames have a position")
     if measures["estimated accuracy"] is not None and measures["estimated accuracy"] < LOW_ACCURACY:
