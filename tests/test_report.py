@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
 
 from tools.headless_chromium import Chromium, find_chromium
@@ -60,3 +61,18 @@ def test_report_opens_in_chromium(session, tmp_path):
     picture = cv2.imread(str(shot))
     assert picture.shape[1] == 1280 and picture.shape[0] > 2000
     assert picture.std() > 20  # figures and text, not a blank page
+
+
+def test_many_identities_get_a_heat_map(tmp_path):
+    from tests.test_stats import make_session
+    from toxrt.report_figures import MAX_PANELS, probability_over_time
+
+    rng = np.random.default_rng(0)
+    n = MAX_PANELS + 4
+    trajectories = rng.random((200, n, 2)) * [199, 99]
+    session = make_session(tmp_path / "session_many", trajectories)
+    results, config = open_session(session)
+    picture = cv2.imdecode(np.frombuffer(probability_over_time(results), np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape[0] < 0.5 * n * 100  # one map, not one 0.9-inch panel per identity
+    text = write_report(results, config).read_text()
+    assert text.count("<img ") == 4 and f"id {n}" in text

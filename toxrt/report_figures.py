@@ -89,10 +89,23 @@ def identity_timeline(results: Results) -> bytes:
     return _png(figure)
 
 
+MAX_PANELS = 16  # more identities than this: one heat map instead of a panel each
+
+
 def probability_over_time(results: Results) -> bytes:
     """Per identity: its identity probability per frame (NaN inside crossings: not drawn)."""
     plt = _pyplot()
     n = results.n_animals
+    if n > MAX_PANELS:
+        figure, axes = plt.subplots(figsize=(12, 0.18 * n + 1.5))
+        p = np.where(results.status >= 0, results.probability, np.nan).T
+        shown = axes.imshow(p, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
+                            extent=(0, results.n_frames / results.fps, n - 0.5, -0.5))
+        axes.set_yticks(range(n), results.labels, fontsize=6)
+        axes.set_xlabel("time (s)")
+        axes.set_ylabel("identity")
+        figure.colorbar(shown, ax=axes, label="identity probability (white: no position or crossing)")
+        return _png(figure)
     figure, axes = plt.subplots(n, 1, figsize=(12, 0.9 * n + 0.8), sharex=True, squeeze=False)
     t = results.time_s
     for j, colour in enumerate(_colours(results)):
