@@ -302,7 +302,8 @@ def _write_csv(folder: Path, data: dict) -> Path:
     areas = data["areas"]
     table = np.column_stack([areas["mean"], areas["median"], areas["std"]])
     _savetxt(folder / "areas.csv", table, "mean, median, standard_deviation", "%.1f", delimiter=", ")
-    attributes = {k: v for k, v in data.items() if k not in ("trajectories", "id_probabilities", "areas")}
+    # per-frame arrays (status) stay out: a long session would make a huge JSON file
+    attributes = {k: v for k, v in data.items() if k != "areas" and not isinstance(v, np.ndarray)}
     text = json.dumps(attributes, indent=1, default=_json_value)
     (folder / "attributes.json.tmp").write_text(text)
     os.replace(folder / "attributes.json.tmp", folder / "attributes.json")
