@@ -211,3 +211,14 @@ def test_identification_image_size_even_larger_than_body_and_clamped():
     assert identification_image_size(500.0) == 128
     with pytest.raises(ValueError):
         identification_image_size(0.0)
+
+
+def test_hu_moments_of_all_blobs_at_once_are_opencvs():
+    from toxrt.features import hu_moments
+
+    rng = np.random.default_rng(8)
+    images = [rng.integers(0, 256, (h, w)).astype(np.uint8) for h, w in ((9, 14), (30, 11), (40, 40), (5, 60))]
+    moments = [cv2.moments(image) for image in images]
+    nu = np.array([[m[k] for k in ("nu20", "nu11", "nu02", "nu30", "nu21", "nu12", "nu03")] for m in moments])
+    expected = np.array([cv2.HuMoments(m).ravel() for m in moments])
+    np.testing.assert_allclose(hu_moments(nu), expected, rtol=1e-12, atol=1e-300)

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from toxrt.errors import ToxrtError
-from toxrt.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode_positions, event_message,
+from toxrt.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode, encode_positions, event_message,
                            is_loopback_address)
 from toxrt.types import IdentityEvent, Status
 
@@ -67,6 +67,28 @@ def test_encode_positions_round_trips_with_the_documented_schema(fmt):
         np.testing.assert_array_equal(message[key], a[name].astype(np.float64))
     assert message["status"] == a["status"].tolist()
     assert all(isinstance(s, int) and s in STATUS_NAMES for s in message["status"])
+
+
+def strict_loads(payload: bytes) -> dict:
+    """JSON as JavaScript's JSON.parse reads it: NaN, Infinity and -Infinity are errors."""
+    def reject(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(payload, parse_constant=reject)
+
+
+def test_json_payloads_are_strict_json_with_null_for_unknown_values():
+    a = animals(4, seed=3)
+    a["heading"][[1, 3]] = np.nan  # predicted rows have no heading
+    a["x"][2] = np.inf
+    message = strict_loads(encode_positions(7, 3, 1.0, 2.0, **a, fmt="json"))
+    assert message["heading"][1] is None and message["heading"][3] is None and message["x"][2] is None
+    assert message["heading"][0] == pytest.approx(a["heading"][0]) and message["n"] == 4
+    # msgpack keeps NaN (every msgpack library reads it as a float).
+    assert np.isnan(decode(encode_positions(7, 3, 1.0, 2.0, **a))["heading"][1])
+    status = strict_loads(encode({"v": 1, "identity_confidence": float("nan"), "nested": [{"q": float("-inf")}]},
+                                 "json"))
+    assert status == {"v": 1, "identity_confidence": None, "nested": [{"q": None}]}
 
 
 def test_encode_positions_of_a_frame_without_blobs():

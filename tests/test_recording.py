@@ -137,7 +137,7 @@ def test_round_trip_meta_parameters_background_events(recorded):
     assert session.background[0, 300] == 300 % 256
     identity_events = [e for e in session.events if e["type"] == "identity"]
     expected = [e for r in results for e in r.events]
-    assert [(e["frame_index"], e["fragment"], e["new_identity"]) for e in identity_events] == \
+    assert [(e["frame"], e["fragment"], e["new_identity"]) for e in identity_events] == \
         [(e.frame_index, e.fragment, e.new_identity) for e in expected]
     assert {"type": "source", "frame_index": 0, "what": "opened"} in session.events
 

@@ -73,3 +73,51 @@ def test_truncated_video_stops_early_and_says_where(tmp_path):
 def test_bad_inputs_are_source_errors(tmp_path, make, message):
     with pytest.raises(SourceError, match=message):
         VideoSource([str(make(tmp_path))])
+
+
+def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
+    import dataclasses
+    import threading
+
+    from toxrt.source import prefetched
+    from toxrt.types import Frame
+
+    worked = threading.Event()
+
+    def work(frame):
+        worked.set()
+        return dataclasses.replace(frame, time_s=-1.0)  # marks the frames the reader worked on
+
+    frames = (Frame(i, float(i), np.zeros((2, 2), np.uint8)) for i in range(50))
+    stream = prefetched(frames, depth=4, stop=threading.Event(), ahead=work)
+    first = next(stream)
+    assert first.time_s == 0.0  # nothing was queued yet: the consumer does this one's work
+    assert worked.wait(10)  # the consumer stalls, frames pile up, the reader starts working ahead
+    rest = list(stream)
+    assert [f.index for f in [first, *rest]] == list(range(50))  # every frame once, in order
+    assert any(f.time_s == -1.0 for f in rest)
+
+
+def test_detection_in_the_reader_gives_the_same_session(tmp_path):
+    from toxrt import source as source_module
+    from toxrt.config import load_config
+    from toxrt.session import run_session
+    from toxrt.session_reader import load_session
+    from toxrt.synthetic import write_simulation
+
+    sim = load_config(None, {"sim": {"frames": 80, "seed": 4, "width": 240, "height": 180,
+                                     "body_length_px": 20}}).sim
+    paths = write_simulation(tmp_path / "arena", sim, 4)
+    recorded = {}
+    for name, when in (("never", 1 << 30), ("always", 0)):
+        source_module.AHEAD_WHEN_QUEUED = when
+        try:
+            config = load_config(paths["params"], {"output_dir": str(tmp_path / name)})
+            summary = run_session(config, progress=False)
+        finally:
+            source_module.AHEAD_WHEN_QUEUED = 2
+        recorded[name] = load_session(summary["session"])
+        assert summary["frames_detected_by_reader"] == (80 if name == "always" else 0)
+    assert recorded["never"].n_frames == 80
+    np.testing.assert_array_equal(recorded["always"].blobs, recorded["never"].blobs)
+    np.testing.assert_array_equal(recorded["always"].hu(), recorded["never"].hu())

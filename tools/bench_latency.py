@@ -11,6 +11,16 @@ in the measured path.
     .venv/bin/python tools/bench_latency.py                       # 720p at 60/120/240 fps, 1080p at 60/120
     .venv/bin/python tools/bench_latency.py --size 720p --fps 120 --seconds 5
 
+With ``--video``, decoding is in the path: an encoded file is tracked by ``run_session`` itself with
+``streaming.realtime = true`` (its reader thread decodes ahead, ``RealtimeSource`` releases each
+frame at its time and stamps ``t_capture`` then, prepare and warm-up finish before the replay clock
+starts), publishing to the subscriber process. ``--video sim`` makes simulated H.264 videos with 20
+animals (``tools/sim_video.py``, cached in the temporary folder) at 720p and 1080p; a parameter file
+(or a video with ``params.toml`` beside it) measures that video:
+
+    .venv/bin/python tools/bench_latency.py --video sim                # 720p at 60/120/240, 1080p at 60/120
+    .venv/bin/python tools/bench_latency.py --video FILE.toml --fps 120 --seconds 10
+
 ``run_live`` is also the harness of ``bench_realtime_max.py`` and ``bench_roundtrip.py``.
 """
 from __future__ import annotations
@@ -173,14 +183,105 @@ def measure(config: Config, frames: list[Frame], fps: float) -> dict:
     }
 
 
+def sim_video_params(size: str, animals: int, frames: int) -> Path:
+    sys.path.insert(0, str(ROOT / "tools"))
+    from sim_video import simulated_video
+
+    width, height = SIZES[size]
+    folder = Path(tempfile.gettempdir()) / f"toxrt_latency_{size}_{animals}_{frames}"
+    return simulated_video(folder, width, height, animals, frames, fps=120.0)
+
+
+def video_params(video: str) -> Path:
+    path = Path(video)
+    params = path if path.suffix == ".toml" else path.parent / "params.toml"
+    if not params.is_file():
+        raise SystemExit(f"--video {video}: give a parameter file, or a video with params.toml beside it")
+    return params
+
+
+def measure_video(params: Path, fps: float, frames: int) -> dict:
+    """``frames`` frames of the video replayed at ``fps`` through ``run_session``, a subscriber
+    process receiving; latency percentiles in ms and where frames were lost."""
+    from toxrt.config import load_config
+    from toxrt.session import run_session
+
+    with tempfile.TemporaryDirectory(prefix="toxrt-bench-") as scratch:
+        out = Path(scratch) / "received.npy"
+        address = f"tcp://127.0.0.1:{free_port()}"
+        config = load_config(params, {
+            "output_dir": scratch, "tracking_intervals": [[0, frames]], "frames_per_second": fps,
+            "trajectories_formats": ["npy"],
+            "streaming": {"realtime": True, "publish_address": address, "marker_address": "",
+                          "wait_for_subscriber_s": 30.0}})
+        peer = start_peer(["-c", SUBSCRIBER, address, str(out)])
+        try:
+            summary = run_session(config, progress=False, overwrite=True)
+            peer.wait(timeout=120)
+        finally:
+            if peer.poll() is None:
+                peer.kill()
+        rows = np.load(out) if out.exists() else np.zeros((0, 5))
+    if rows.shape[0] == 0:
+        raise RuntimeError(f"the subscriber received nothing: {peer.stderr.read()}")
+    latency = (rows[:, 4] - rows[:, 2]) * 1e3
+    publish = (rows[:, 3] - rows[:, 2]) * 1e3
+    p = np.percentile(latency, [50, 95, 99])
+    lost = np.setdiff1d(np.arange(frames), rows[:, 1].astype(int))
+    span = rows[-1, 2] - rows[0, 2]
+    return {
+        "fps": fps, "frames_replayed": frames, "frames_tracked": summary["frames"],
+        "frames_dropped": summary["frames_dropped"], "received": int(rows.shape[0]),
+        "lost_in_first_second": int(np.count_nonzero(lost < fps)), "first_lost": int(lost[0]) if lost.size else None,
+        "replay_fps": (rows.shape[0] + lost.size - 1) / span if span > 0 else float("nan"),
+        "p50": p[0], "p95": p[1], "p99": p[2], "max": float(latency.max()),
+        "capture_to_publish_p50": float(np.percentile(publish, 50)),
+        "capture_to_publish_p99": float(np.percentile(publish, 99)),
+        "step_ms_p50": summary["step_ms_p50"], "step_ms_p99": summary["step_ms_p99"],
+        "publish_dropped": summary.get("publish_dropped", 0), "writer_stalls": summary["writer_stalls"],
+    }
+
+
+def main_video(args) -> list[dict]:
+    if args.video == "sim":
+        plan = [(size, fps) for size in (args.size or ["720p", "1080p"])
+                for fps in (args.fps or ([60.0, 120.0, 240.0] if size == "720p" else [60.0, 120.0]))]
+        videos = {size: sim_video_params(size, args.animals, int(round(max(f for z, f in plan if z == size) * args.seconds)))
+                  for size, _ in plan}
+        plan = [(size, videos[size], fps) for size, fps in plan]
+    else:
+        params = video_params(args.video)
+        plan = [(params.parent.name[-8:], params, fps) for fps in (args.fps or [60.0, 120.0, 240.0])]
+    print(f"{'video':>8} {'fps':>5} {'tracked':>8} {'dropped':>8} {'received':>8} {'1st s':>5} {'replay':>7} "
+          f"{'p50':>6} {'p95':>6} {'p99':>6} {'max':>7}  (ms, capture -> subscriber)  "
+          f"{'pub p50':>7} {'pub p99':>7} {'step p50':>8} {'step p99':>8}")
+    results = []
+    for name, params, fps in plan:
+        r = measure_video(params, fps, int(round(fps * args.seconds))) | {"video": str(params), "size": name}
+        results.append(r)
+        print(f"{name:>8} {fps:5.0f} {r['frames_tracked']:8d} {r['frames_dropped']:8d} {r['received']:8d} "
+              f"{r['lost_in_first_second']:5d} {r['replay_fps']:7.1f} {r['p50']:6.2f} {r['p95']:6.2f} {r['p99']:6.2f} "
+              f"{r['max']:7.2f}  {'':29}{r['capture_to_publish_p50']:7.2f} {r['capture_to_publish_p99']:7.2f} "
+              f"{r['step_ms_p50']:8.2f} {r['step_ms_p99']:8.2f}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), action="append", help="default: 720p and 1080p")
     parser.add_argument("--fps", type=float, action="append", help="default: 60 120 240 (720p), 60 120 (1080p)")
     parser.add_argument("--animals", type=int, default=20)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each replay")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each replay (--video sim: 10 is usual)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--video", help="'sim' (simulated H.264 videos) or a parameter file / video: decoding in the path")
     args = parser.parse_args()
+    if args.video:
+        print(f"load: {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+        results = main_video(args)
+        print(f"load now: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
     plan = {"720p": args.fps or [60.0, 120.0, 240.0], "1080p": args.fps or [60.0, 120.0]}
     results = []
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")

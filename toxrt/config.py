@@ -84,6 +84,21 @@ class IdentityConfig:
 
 
 @dataclass(frozen=True)
+class AppearanceConfig:
+    live: bool = _opt(True)
+    band_fraction: float = _opt(0.3, lambda v: 0.05 <= v <= 1.0, "between 0.05 and 1")
+    global_acceptance: float = _opt(0.99, lambda v: 0.5 <= v < 1.0, "in [0.5, 1)")
+    certainty: float = _opt(3.0, lambda v: 0 < v < 1e6, "positive")
+    min_images: int = _opt(4, lambda v: 1 <= v <= 1000, "1..1000")
+    seeds: int = _opt(3, lambda v: 1 <= v <= 50, "1..50")
+    folds: int = _opt(4, lambda v: 2 <= v <= 20, "2..20")
+    images_per_fragment: int = _opt(64, lambda v: 0 <= v <= 100000, "0 (all) or up to 100000")
+    training_images_per_identity: int = _opt(2000, lambda v: 0 <= v <= 10**6, "0 (all) or up to 1000000")
+    live_retrain_interval_s: float = _opt(2.0, lambda v: 0.1 <= v <= 3600, "0.1..3600 seconds")
+    live_images_per_identity: int = _opt(3000, lambda v: 100 <= v <= 10**6, "100..1000000")
+
+
+@dataclass(frozen=True)
 class RecordingConfig:
     identification_images: bool = _opt(True)
     flush_interval_s: float = _opt(0.5, lambda v: 0 < v <= 1.0, "in (0, 1]")
@@ -107,6 +122,7 @@ class SimConfig:
 
 
 PUBLISH_FORMATS = ("msgpack", "json")
+PUBLISH_WHEN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,8 @@ class StreamingConfig:
     publish_hwm: int = _opt(1000, _positive, "positive")
     source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
     wait_for_subscriber_s: float = _opt(0.0, _non_negative, "0 (do not wait) or more")
+    # When the publisher and marker sockets open: "auto" for live sources and real-time replay only.
+    publish: str = _opt("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,7 @@ class Config:
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)

@@ -17,6 +17,7 @@ forever by default (``reconnect_timeout_s``), so a loose cable does not end the 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import math
 import threading
@@ -358,8 +359,14 @@ class RealtimeSource(_ThreadedSource):
 
     def _replay(self) -> None:
         period = 1.0 / self.fps
+        items = self._items()
+        # The first item may take a while (a file's reader thread opens and starts decoding it):
+        # the clock starts once it is there, so that the schedule does not begin behind.
+        first = next(items, None)
+        if first is None:
+            return
         start = self._clock()
-        for k, item in enumerate(self._items()):
+        for k, item in enumerate(itertools.chain((first,), items)):
             if self._stop.is_set():
                 return
             wait = start + k * period - self._clock()

@@ -7,9 +7,11 @@ a :class:`~toxrt.types.FrameResult`. ``session.py`` runs it over a whole source.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -70,12 +72,27 @@ def prepare(config: Config, source: FrameSource) -> Setup:
     return Setup(background, roi, n_animals, single_area, body_length, crop, gate)
 
 
+WARM_UP_STEPS = 30
+
+
+def warm_up(config: Config, setup: Setup, image: np.ndarray) -> None:
+    """Step a throw-away tracker on one frame, ``WARM_UP_STEPS`` times, so that the first real
+    frames pay no one-time cost (numba kernels loaded from their cache or compiled, first calls
+    into OpenCV and SciPy, identity decisions and revisions): a real-time session would drop them."""
+    tracker = LiveTracker(config, setup)
+    for k in range(WARM_UP_STEPS):
+        tracker.step(Frame(k, k / 25.0, image))
+    tracker.close()
+
+
 class LiveTracker:
     """Segmentation -> linking -> live identities, for one frame at a time (no future frames)."""
 
     def __init__(self, config: Config, setup: Setup):
         params = SegmentationParams.from_config(config, setup.crop_size, setup.single_animal_area)
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
+        self._segmentation = (params, setup.background, setup.roi_mask)
+        self.detected_ahead = 0  # frames whose blobs came with them (found by a reader thread)
         self.linker = Linker(config.linking, setup.max_distance_px)
         self.identities = LiveIdentities(config.identity, setup.number_of_animals)
         self.number_of_animals = setup.number_of_animals
@@ -83,8 +100,19 @@ class LiveTracker:
         self._fragment_identity: OrderedDict[int, tuple[int, float]] = OrderedDict()
         self._remembered_fragments = 64 + 8 * setup.number_of_animals
 
+    def detector(self) -> Callable[[Frame], Frame]:
+        """Segmentation and features for another thread (with buffers of its own): a frame -> the
+        same frame with its ``blobs``, which ``step`` then takes as they are. Detection depends on
+        the frame alone, so a file's reader thread can run it while this thread links."""
+        segmenter = Segmenter(*self._segmentation)
+        return lambda frame: dataclasses.replace(frame, blobs=segmenter.detect(frame.image))
+
     def step(self, frame: Frame) -> FrameResult:
-        blobs = self.segmenter.detect(frame.image)
+        if frame.blobs is not None:
+            blobs = frame.blobs
+            self.detected_ahead += 1
+        else:
+            blobs = self.segmenter.detect(frame.image)
         if len(blobs) >= self.number_of_animals:
             # Every animal has a blob of its own, so a large blob is a large animal, not a crossing
             # (animals of very different sizes, such as a courting pair of spiders).

@@ -22,11 +22,11 @@ episodes (a lower bound of lost messages); each subscriber sees its exact losses
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import ipaddress
 import json
 import logging
+import math
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -70,10 +70,29 @@ def check_format(fmt: str, key: str = "publish_format") -> str:
 
 
 def encode(message: Mapping[str, Any], fmt: str = "msgpack") -> bytes:
-    """One message (a map of plain Python values) as msgpack or compact UTF-8 JSON."""
+    """One message (a map of plain Python values) as msgpack or compact UTF-8 JSON.
+
+    JSON is strict (RFC 8259): a value that is not a finite number (NaN, an unknown heading or
+    confidence) is written ``null``, since JavaScript's ``JSON.parse``, System.Text.Json and MATLAB's
+    ``jsondecode`` reject ``NaN``. msgpack keeps NaN, which every msgpack library reads as a float.
+    """
     if fmt == "msgpack":
         return msgpack.packb(message, use_bin_type=True)
-    return json.dumps(message, separators=(",", ":"), allow_nan=True).encode()
+    try:
+        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:  # rare: only messages holding a NaN or an infinity pay for the second pass
+        return json.dumps(strict_json_values(message), separators=(",", ":"), allow_nan=False).encode()
+
+
+def strict_json_values(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite replaced by None, in nested dicts and lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict_json_values(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_values(v) for v in value]
+    return value
 
 
 def decode(payload: bytes) -> dict:
@@ -145,8 +164,7 @@ def result_arrays(result: FrameResult) -> dict[str, np.ndarray]:
 def event_message(event: IdentityEvent | Mapping[str, Any], t_publish: float) -> dict:
     """The ``event`` map: an :class:`IdentityEvent` becomes ``type = "identity"``; a dict needs ``type``."""
     if isinstance(event, IdentityEvent):
-        fields = {"type": EVENT_IDENTITY, **dataclasses.asdict(event)}
-        fields["frame"] = fields.pop("frame_index")
+        fields = event.as_event()
     elif isinstance(event, Mapping):
         if "type" not in event:
             raise ValueError(f"an event dict needs a 'type' key, got keys {sorted(event)}")

@@ -67,7 +67,7 @@ def _json_default(value: Any) -> Any:
 def event_to_dict(event: IdentityEvent | dict) -> dict:
     """An event as written to events.jsonl; IdentityEvents get ``"type": "identity"``."""
     if isinstance(event, IdentityEvent):
-        return {"type": "identity", **dataclasses.asdict(event)}
+        return event.as_event()
     if isinstance(event, dict):
         return event
     raise TypeError(f"an event must be a dict or an IdentityEvent, got {type(event).__name__}")

@@ -7,6 +7,7 @@ fusion once over the recorded fragments and writes the trajectories. Ctrl+C, SIG
 """
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import threading
@@ -19,10 +20,10 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import ToxrtError
-from .fusion import fuse_fragments
 from .output import assemble, idtrackerai_session_fields, write_trajectories
-from .pipeline import LiveTracker, prepare
+from .pipeline import LiveTracker, prepare, warm_up
 from .recording import SessionWriter, event_to_dict
+from .session_end import decide_identities, save_fragment_identities
 from .session_reader import load_session
 from .source import open_source, video_name
 from .streaming import LiveLink
@@ -95,10 +96,17 @@ def run_session(
             "max_distance_px": setup.max_distance_px,
             "length_unit": config.length_unit,
         }
-        link = LiveLink(config.streaming)
+        link = LiveLink(config.streaming, live=is_live(source))
+        if link.publisher is not None:  # where to subscribe, also when the port was picked ("...:*")
+            meta["publish_address"] = link.publisher.address
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
                                setup.crop_size, config.segmentation.histogram_bins, overwrite=overwrite)
+        first = source.sample(1)
+        if first:  # before the replay clock starts: one-time costs must not cost frames
+            warm_up(config, setup, first[0])
         tracker = LiveTracker(config, setup)
+        if hasattr(source, "work_ahead"):  # a file: its reader thread may also detect
+            source.work_ahead(tracker.detector())
         loop = _run_loop(source, tracker, writer, link, progress, stop, on_frame)
         writer.write_events({"type": "fragment_end", "fragment": int(f), "frame": loop["last_frame"]}
                             for f in tracker.close())
@@ -134,6 +142,10 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
     interrupted = False
     started = time.perf_counter()
     bar = tqdm(total=source.n_frames, unit="frame", disable=not progress, desc="tracking", smoothing=0.1)
+    # The objects of the setup (imported modules, models, caches: about 10^5) leave the collector's
+    # view, so that a full collection during the loop scans only what the loop made: otherwise one
+    # costs 50-100 ms, every 10^4 frames or so (frames dropped in real time).
+    gc.freeze()
     try:
         for frame in source:
             # Live frames carry their capture time; a file's frame is "captured" when it reaches us.
@@ -173,6 +185,7 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         log.warning("interrupted: finishing the session with what was tracked")
     finally:
         bar.close()
+        gc.unfreeze()
     elapsed = time.perf_counter() - started
     p50, p99 = timings.percentiles_ms()
     latency_p50, latency_p99 = latencies.percentiles_ms()
@@ -190,16 +203,17 @@ def _run_loop(source, tracker: LiveTracker, writer: SessionWriter, link: LiveLin
         "capture_to_publish_ms_p99": latency_p99,
         "individual_blobs_per_frame": individual_blobs / frames if frames else 0.0,
         "writer_stalls": int(writer.stats.stalls),
+        "frames_detected_by_reader": tracker.detected_ahead,
         **link.counters(),
     }
 
 
 def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict:
-    """End-of-session ToxId fusion over the recorded fragments, then the trajectory files."""
+    """One identity per recorded fragment (``session_end``), then the trajectory files."""
     session = load_session(folder)
-    rng = np.random.default_rng(0)
-    samples = session.fragment_samples(config.identity.fusion_samples, rng)
-    fused = fuse_fragments(session.fragments, samples, number_of_animals, config.identity)
+    decision = decide_identities(session, config, number_of_animals)
+    save_fragment_identities(folder, decision)
+    fused = decision.identities
     out = assemble(
         session.blobs, fused, session.n_frames, number_of_animals,
         max_crossing_gap=max(1, int(round(2 * session.meta.get("frames_per_second", 25)))),
@@ -216,6 +230,7 @@ def finish_session(folder: Path, config: Config, number_of_animals: int) -> dict
         "fragments_identified": int(sum(1 for f in individual["fragment"] if int(f) in fused)),
         "fraction_identified": float(identified.mean()) if identified.size else 0.0,
         "mean_identity_probability": float(np.nanmean(confidence)) if np.isfinite(confidence).any() else float("nan"),
+        **decision.quality(),
     }
     # quality measures of the identity stage (estimated_accuracy, ...) go into the files from the summary
     written = write_trajectories(folder / "trajectories", out.trajectories, out.id_probabilities, out.status, meta,
@@ -246,9 +261,11 @@ def summary_lines(summary: dict) -> list[str]:
         "individual blobs found per frame",
         f"fragments:   {summary.get('fragments')} individual ({summary.get('fragments_identified')} identified), "
         f"{summary.get('crossing_fragments')} crossings",
-        f"identities:  {100 * summary.get('fraction_identified', 0):.1f}% of animal-frames identified, "
-        f"mean identity probability {summary.get('mean_identity_probability', float('nan')):.3f}",
+        f"identities:  {100 * summary.get('fraction_identified', 0):.1f}% of animal-frames identified "
+        f"({summary.get('identity_method', '?')}), estimated accuracy "
+        f"{100 * summary.get('estimated_accuracy', float('nan')):.2f}%",
     ]
+    lines += [f"WARNING:     {w}" for w in summary.get("warnings", [])]
     if summary.get("stopped_early_at") is not None:
         lines.append(f"WARNING:     the video broke off at frame {summary['stopped_early_at']}; "
                      "everything before it was tracked and written")

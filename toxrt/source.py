@@ -17,12 +17,13 @@ import queue
 import re
 import threading
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
 from .config import Config
+from .decode import luma_table, open_video, read_grey
 from .errors import SourceError
 from .types import Frame
 
@@ -89,7 +90,7 @@ class _VideoReader:
             raise SourceError(f"{key}: {path}: file not found")
         if not os.access(path, os.R_OK):
             raise SourceError(f"{key}: {path}: file is not readable")
-        capture = cv2.VideoCapture(path)
+        capture = open_video(path)
         try:
             if not capture.isOpened():
                 raise SourceError(f"{key}: {path}: cannot be opened as a video")
@@ -101,6 +102,7 @@ class _VideoReader:
             self.fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         finally:
             capture.release()
+        self.luma = luma_table(path)  # None: decode through BGR
 
     def read(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
         """Grey images of frames [start, stop); ends early where the file breaks off."""
@@ -112,17 +114,11 @@ class _VideoReader:
                     return
                 yield image
             return
-        capture = cv2.VideoCapture(self.path)
+        capture = open_video(self.path, luma=self.luma is not None)
         try:
             if start:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start)
-            index = start
-            while stop is None or index < stop:
-                ok, image = capture.read()
-                if not ok:
-                    return
-                yield to_grey(image)
-                index += 1
+            yield from read_grey(capture, self.luma, None if stop is None else stop - start)
         finally:
             capture.release()
 
@@ -156,6 +152,12 @@ class VideoSource:
         self.prefetch = prefetch
         self.stopped_early_at: int | None = None
         self._stop = threading.Event()
+        self._ahead: Callable[[Frame], Frame] | None = None
+
+    def work_ahead(self, work: Callable[[Frame], Frame] | None) -> None:
+        """Let the reader thread also run ``work`` on frames (the tracker's detection) whenever the
+        consumer is behind: see :func:`prefetched`. Call before iterating."""
+        self._ahead = work
 
     def _count_tracked(self) -> int | None:
         if not self.intervals:
@@ -188,7 +190,7 @@ class VideoSource:
                     return
 
     def __iter__(self) -> Iterator[Frame]:
-        return prefetched(self._frames(), self.prefetch, self._stop)
+        return prefetched(self._frames(), self.prefetch, self._stop, self._ahead)
 
     def sample(self, count: int) -> list[np.ndarray]:
         """About ``count`` grey frames spread evenly over the tracked range (for the background model)."""
@@ -219,18 +221,29 @@ class VideoSource:
 
 
 _END = object()
+AHEAD_WHEN_QUEUED = 2
 
 
-def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event) -> Iterator[Frame]:
-    """Run ``frames`` in a reader thread, ``depth`` frames ahead; exceptions are re-raised here."""
+def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event,
+               ahead: Callable[[Frame], Frame] | None = None) -> Iterator[Frame]:
+    """Run ``frames`` in a reader thread, ``depth`` frames ahead; exceptions are re-raised here.
+
+    Nothing is dropped: the reader waits while the queue is full. With ``ahead``, the reader also
+    applies it to a frame whenever ``AHEAD_WHEN_QUEUED`` frames already wait for the consumer (the
+    consumer is the slower one, so the reader takes over part of its work); otherwise the frame
+    goes as it is and the consumer does that work itself. On two cores this balances decoding plus
+    detection in one thread against linking and identities in the other.
+    """
     if depth <= 0:
-        yield from frames
+        yield from (frames if ahead is None else map(ahead, frames))
         return
     buffer: queue.Queue = queue.Queue(maxsize=depth)
 
     def reader() -> None:
         try:
             for frame in frames:
+                if ahead is not None and buffer.qsize() >= AHEAD_WHEN_QUEUED:
+                    frame = ahead(frame)
                 while not stop.is_set():
                     try:
                         buffer.put(frame, timeout=0.1)

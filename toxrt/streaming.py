@@ -57,15 +57,28 @@ def animal_arrays(result: FrameResult) -> dict[str, np.ndarray]:
     }
 
 
-class LiveLink:
-    """The publisher and the marker receiver of one session, as configured in ``[streaming]``."""
+def link_wanted(cfg: StreamingConfig, live: bool) -> bool:
+    """Whether a session opens its sockets: ``publish = "auto"`` does for live (and real-time) sources
+    only, so a file tracked at full speed binds no port unless ``publish = "on"``."""
+    return cfg.publish == "on" or (cfg.publish == "auto" and live)
 
-    def __init__(self, cfg: StreamingConfig):
+
+class LiveLink:
+    """The publisher and the marker receiver of one session, as configured in ``[streaming]``.
+
+    ``live`` says whether the source is live or replayed in real time (see :func:`link_wanted`);
+    when the link is not wanted nothing is bound and ``after_frame`` only forwards source events.
+    """
+
+    def __init__(self, cfg: StreamingConfig, live: bool = True):
         from .markers import MarkerReceiver
         from .publish import Publisher
 
         self.publisher = None
         self.markers = None
+        self.stop_requested = False
+        if not link_wanted(cfg, live):
+            return
         try:
             if cfg.publish_address:
                 self.publisher = Publisher(cfg.publish_address, cfg.publish_format, cfg.allow_remote, cfg.publish_hwm)
@@ -78,7 +91,6 @@ class LiveLink:
         except BaseException:
             self.close()
             raise
-        self.stop_requested = False
 
     def after_frame(self, result: FrameResult, t_capture: float, source: Any) -> list[dict]:
         """Publish the frame, forward source events, take markers in; returns events to record."""
@@ -86,6 +98,13 @@ class LiveLink:
         drain = getattr(source, "drain_events", None)
         if drain is not None:
             to_record.extend(drain())
+        if self.markers is not None:
+            for marker in self.markers.drain():
+                # Markers go out on the event topic too, so every subscriber sees the stimulus timeline.
+                to_record.append({"type": "marker", "frame": result.frame_index, **marker})
+                if marker.get("label") == STOP_MARKER:
+                    log.warning("stop marker received at frame %d", result.frame_index)
+                    self.stop_requested = True
         if self.publisher is not None:
             self.publisher.source_dropped = int(getattr(source, "dropped", 0))
             self.publisher.publish_positions(result.frame_index, t_capture, **animal_arrays(result))
@@ -93,12 +112,6 @@ class LiveLink:
                 self.publisher.publish_event(event)
             for event in to_record:
                 self.publisher.publish_event(event)
-        if self.markers is not None:
-            for marker in self.markers.drain():
-                to_record.append({"type": "marker", "frame": result.frame_index, **marker})
-                if marker.get("label") == STOP_MARKER:
-                    log.warning("stop marker received at frame %d", result.frame_index)
-                    self.stop_requested = True
         return to_record
 
     def counters(self) -> dict:

@@ -27,6 +27,7 @@ class Frame:
     index: int
     time_s: float  # capture time (UNIX seconds for live sources, index / fps for files)
     image: np.ndarray  # uint8, (height, width)
+    blobs: Blobs | None = None  # found beside decoding, in the reader thread (None: not yet)
 
 
 @dataclass
@@ -112,6 +113,13 @@ class IdentityEvent:
     old_identity: int  # 0 when the fragment had none
     new_identity: int
     probability: float
+
+    def as_event(self) -> dict:
+        """The event as a plain dict, one schema for events.jsonl and the ``event`` topic alike:
+        ``type = "identity"`` and ``frame`` (as every other event), not the field name ``frame_index``."""
+        return {"type": "identity", "frame": self.frame_index, "fragment": self.fragment,
+                "old_identity": self.old_identity, "new_identity": self.new_identity,
+                "probability": self.probability}
 
 
 # One row per blob per frame, as recorded in a session (see recording.py).
