@@ -19,12 +19,15 @@ SECTIONS = ["Quality", "Session", "Trajectories over the arena", "Fragments, ide
 
 @pytest.fixture()
 def session(video_session, tmp_path):
-    """A copy whose summary carries the identity stage's quality values and a warning."""
+    """A copy whose trajectory file and summary carry chosen quality values and a warning."""
     target = tmp_path / "session_simulation"
     shutil.copytree(video_session["session"], target)
+    npy = target / "trajectories" / "trajectories.npy"
+    data = np.load(npy, allow_pickle=True).item()
+    data.update(estimated_accuracy=0.912, fragment_connectivity=0.75)
+    np.save(npy, data, allow_pickle=True)
     meta = json.loads((target / "session.json").read_text())
-    meta["summary"].update(estimated_accuracy=0.912, fragment_connectivity=0.75,
-                           warnings=["fragment connectivity 0.75 is low"])
+    meta["summary"].update(estimated_accuracy=0.5, warnings=["fragment connectivity 0.75 is low"])
     (target / "session.json").write_text(json.dumps(meta))
     return target
 
@@ -38,7 +41,7 @@ def test_report_is_self_contained_and_shows_the_quality(session):
     images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', text)
     assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)="(https?:|file:|/)', text)  # nothing outside the file
-    assert "91.2%" in text and "fragment connectivity 0.75 is low" in text
+    assert "91.2%" in text and "fragment connectivity 0.75 is low" in text  # the file's value, not 0.5
     assert "estimated accuracy 0.912 is below 0.95" in text
     assert "8 px/cm" in text and "distance_travelled_cm" in text  # the session is calibrated
 
