@@ -16,14 +16,15 @@ test: $(VENV)/.full
 $(VENV)/.live: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[report,eval]'
 	touch $@
 
 # Everything, with torch's CPU build (a bare "torch" requirement would pull a multi-GB CUDA build).
+# The test extra brings idtracker.ai 6.0.14 (its tools need no torch and it requires none) and movement.
 $(VENV)/.full: $(VENV)/.live
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[offline,test]'
 	touch $@
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output dist build

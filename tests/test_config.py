@@ -1,4 +1,4 @@
-"""The typed configuration: defaults documented in configs/default.toml, errors that name the key."""
+"""The typed configuration: defaults documented in toxrt/default.toml, errors that name the key."""
 import dataclasses
 import math
 import tomllib
@@ -9,7 +9,7 @@ import pytest
 from toxrt.config import Config, build_config, config_to_dict, load_config, to_toml
 from toxrt.errors import ConfigError
 
-DEFAULT_TOML = Path(__file__).resolve().parents[1] / "configs" / "default.toml"
+DEFAULT_TOML = Path(__file__).resolve().parents[1] / "toxrt" / "default.toml"
 
 
 def test_default_toml_documents_every_key_with_its_default():

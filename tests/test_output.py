@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import trajectorytools as tt
 
-from toxrt.output import assemble_trajectories, write_trajectories
+from toxrt.output import area_summary, assemble, assemble_trajectories, write_trajectories
 from toxrt.types import BLOB_RECORD_DTYPE, Status
 
 
@@ -45,11 +45,12 @@ def test_assemble_fills_a_crossing_gap():
     np.testing.assert_array_equal(trajectories[4:6, 0], [[32, 60], [37, 60]])
     np.testing.assert_array_equal(trajectories[4:6, 1], [[32, 60], [37, 60]])
     assert (status[4:6] == Status.CROSSING).all() and (status[0:4] == Status.MEASURED).all()
-    np.testing.assert_allclose(probabilities[4:6, :, 0], [[0.8, 0.7], [0.8, 0.7]])
+    # idtracker.ai's semantics: NaN inside a crossing, 0 where there is no position
+    assert np.isnan(probabilities[4:6]).all()
     np.testing.assert_allclose(probabilities[0, :, 0], [0.9, 0.95])
     np.testing.assert_allclose(probabilities[7, :, 0], [0.8, 0.7])
     # animal 1 is missing at the end: NaN and status -1, never extrapolated
-    assert np.isnan(trajectories[9:, 0]).all() and np.isnan(probabilities[9:, 0]).all()
+    assert np.isnan(trajectories[9:, 0]).all() and (probabilities[9:, 0] == 0).all()
     assert (status[9:, 0] == -1).all()
     # the unidentified fragment 50 appears nowhere
     assert not np.any(trajectories == 300.0)
@@ -69,25 +70,45 @@ def test_assemble_conflict_keeps_the_more_probable_row():
     spec = [(0, 1.0, 1.0, 1, False), (0, 9.0, 9.0, 2, False), (1, 2.0, 2.0, 1, False)]
     trajectories, probabilities, _ = assemble_trajectories(rows(spec), {1: (1, 0.6), 2: (1, 0.7)}, 3, 1, 2)
     np.testing.assert_array_equal(trajectories[:2, 0], [[9, 9], [2, 2]])
-    np.testing.assert_allclose(probabilities[:2, 0, 0], [0.7, 0.6])
+    np.testing.assert_allclose(probabilities[:3, 0, 0], [0.7, 0.6, 0.0])
     assert np.isnan(trajectories[2]).all()
 
 
 def test_assemble_empty():
     trajectories, probabilities, status = assemble_trajectories(np.zeros(0, BLOB_RECORD_DTYPE), {}, 5, 3, 4)
     assert trajectories.shape == (5, 3, 2) and np.isnan(trajectories).all() and (status == -1).all()
+    assert (probabilities == 0).all()
 
 
+def test_areas_come_from_individual_blobs_only():
+    blobs = rows(SPEC)
+    blobs["area"][blobs["fragment"] == 21] = 170.0  # animal 2 after the crossing
+    out = assemble(blobs, IDENTITY, 12, 2, max_crossing_gap=3)
+    assert np.isnan(out.areas[4:6]).all()  # crossing cells: the crossing blob is not one animal's area
+    np.testing.assert_array_equal(out.areas[0], [150.0, 150.0])
+    summary = area_summary(out.areas, 2)
+    np.testing.assert_allclose(summary["mean"], [150.0, (4 * 150 + 6 * 170) / 10])
+    np.testing.assert_allclose(summary["median"], [150.0, 170.0])
+    np.testing.assert_allclose(summary["std"][0], 0.0)
+    assert np.isnan(area_summary(np.full((3, 2), np.nan), 2)["mean"]).all()
+
+
+IDTRACKERAI_KEYS = {"trajectories", "id_probabilities", "version", "height", "width", "video_paths",
+                    "frames_per_second", "body_length", "estimated_accuracy", "areas", "setup_points",
+                    "identities_labels", "identities_groups", "length_unit", "silhouette_score",
+                    "fragment_connectivity", "fraction_identified"}
+QUALITY = {"estimated_accuracy": 0.93, "fragment_connectivity": 0.5, "silhouette_score": float("nan"),
+           "warnings": ["not an idtracker.ai key"]}
 META = {"video_paths": ["/videos/a.avi"], "frames_per_second": 10.0, "body_length_px": 25.0,
         "width": 640, "height": 480, "source": "toxrt-refined"}
 
 
 @pytest.fixture()
 def written(tmp_path):
-    trajectories, probabilities, status = assemble_trajectories(rows(SPEC), IDENTITY, 12, 2, max_crossing_gap=3)
-    paths = write_trajectories(tmp_path / "session_x" / "trajectories", trajectories, probabilities, status,
-                               META, ["npy", "csv", "h5"])
-    return tmp_path / "session_x", paths, trajectories, probabilities, status
+    out = assemble(rows(SPEC), IDENTITY, 12, 2, max_crossing_gap=3)
+    paths = write_trajectories(tmp_path / "session_x" / "trajectories", out.trajectories, out.id_probabilities,
+                               out.status, META, ["npy", "csv", "h5"], areas=out.areas, quality=QUALITY)
+    return tmp_path / "session_x", paths, out.trajectories, out.id_probabilities, out.status
 
 
 def test_npy_layout(written):
@@ -95,9 +116,13 @@ def test_npy_layout(written):
     npy = session / "trajectories" / "trajectories.npy"
     assert npy in paths
     data = np.load(npy, allow_pickle=True).item()
-    for key in ("version", "video_paths", "frames_per_second", "body_length", "width", "height",
-                "identities_labels", "setup_points", "length_unit"):
-        assert key in data
+    # every key of idtracker.ai 6.0.14's output dict, plus toxrt's own
+    assert set(data) == IDTRACKERAI_KEYS | {"status", "source"}
+    assert data["estimated_accuracy"] == 0.93 and data["fragment_connectivity"] == 0.5
+    assert data["silhouette_score"] is None  # NaN (not measured) is written None, as idtracker.ai does
+    assert data["identities_groups"] == {}
+    np.testing.assert_allclose(data["areas"]["mean"], [150.0, 150.0])
+    assert data["fraction_identified"] == pytest.approx(np.isfinite(trajectories).mean())
     assert data["trajectories"].dtype == np.float64 and data["trajectories"].shape == (12, 2, 2)
     np.testing.assert_array_equal(data["trajectories"], trajectories)
     assert data["id_probabilities"].dtype == np.float64 and data["id_probabilities"].shape == (12, 2, 1)
@@ -137,6 +162,9 @@ def test_csv_layout(written):
     assert (folder / "id_probabilities.csv").read_text().splitlines()[0] == "time,id1,id2"
     attributes = json.loads((folder / "attributes.json").read_text())
     assert attributes["frames_per_second"] == 10.0 and attributes["identities_labels"] == ["1", "2"]
+    assert attributes["estimated_accuracy"] == 0.93 and attributes["length_unit"] is None
+    areas = (folder / "areas.csv").read_text().splitlines()
+    assert areas == ["mean, median, standard_deviation", "150.0, 150.0, 0.0", "150.0, 150.0, 0.0"]
 
 
 def test_h5_only_when_asked(written, tmp_path):
@@ -144,7 +172,10 @@ def test_h5_only_when_asked(written, tmp_path):
     with h5py.File(session / "trajectories" / "trajectories.h5") as file:
         np.testing.assert_array_equal(file["trajectories"][()], trajectories)
         np.testing.assert_array_equal(file["status"][()], status)
-        assert file.attrs["frames_per_second"] == 10.0 and "length_unit" not in file.attrs
+        assert file.attrs["frames_per_second"] == 10.0 and file.attrs["length_unit"] == -1
+        assert sorted(file["areas"]) == ["mean", "median", "std"] and len(file["identities_groups"]) == 0
+        assert "setup_points" in file and file.attrs["estimated_accuracy"] == 0.93
+        assert "silhouette_score" not in file.attrs  # None: absent, as idtracker.ai writes it
     out = write_trajectories(tmp_path / "t", trajectories, probabilities, status, META, ["npy"],
                              filename="trajectories_live")
     assert [p.name for p in out] == ["trajectories_live.npy", "trajectories_live.npz"]  # npz: pickle-free twin

@@ -2,7 +2,8 @@
 # System packages the test suite exercises:
 # - ffmpeg streams a video over UDP to the live source;
 # - Node.js with the zeromq package from npm is a non-Python subscriber of the JSON stream
-#   (tests/clients/subscriber.mjs parses every message with the strict JSON.parse).
+#   (tests/clients/subscriber.mjs parses every message with the strict JSON.parse);
+# - chromium (headless) opens the HTML report and plays the overlay videos.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 can_apt() { [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; }
@@ -18,6 +19,15 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
     apt_install ffmpeg
   else
     echo "warning: ffmpeg is not installed and cannot be installed here; the UDP stream test will be skipped (it fails under CI=true)" >&2
+  fi
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  if can_apt; then
+    echo "installing chromium (apt-get)" >&2
+    apt_install chromium
+  else
+    echo "warning: chromium is not installed and cannot be installed here; the report and video browser tests will be skipped (they fail under CI=true)" >&2
   fi
 fi
 

@@ -2,7 +2,8 @@
 
 Top-level keys keep idtracker.ai's names where the meaning is the same; toxrt's own settings
 live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[recording]``, ``[sim]``).
-``configs/default.toml`` documents every key with its default; a test keeps the two in step.
+``toxrt/default.toml`` (shipped in the package; ``toxrt config --defaults`` prints it) documents
+every key with its default; a test keeps the two in step.
 Every numeric key has an explicit, finite range (stated in default.toml too); nan is refused
 everywhere and inf wherever it means nothing (it is allowed only as the maximum of ``area_ths``).
 Names, paths and addresses are checked here, before anything is tracked. Each stage receives only
@@ -185,6 +186,27 @@ class StreamingConfig:
 
 
 @dataclass(frozen=True)
+class StatsConfig:
+    smooth_sigma_frames: float = _opt(1.0, *_between(0, 10_000))
+    moving_speed_body_lengths: float = _opt(0.5, *_between(0, 1_000))
+    frozen_speed_body_lengths: float = _opt(0.1, *_between(0, 1_000))
+    frozen_min_s: float = _opt(1.0, *_between(0, 86_400))
+    near_wall_body_lengths: float = _opt(1.0, *_between(0, 1_000))
+    zones: list[list[str]] = _opt([])
+
+    def __post_init__(self) -> None:
+        names = [zone[0] if zone else "" for zone in self.zones]
+        for i, zone in enumerate(self.zones):
+            if len(zone) < 2 or not zone[0].strip() or zone[0].lstrip()[:1] in "+-":
+                raise ConfigError(f"stats.zones[{i}]: {zone!r} must be [name, roi entry, ...], "
+                                  "e.g. [\"left\", \"+ Rectangle [[0, 0], [100, 480]]\"]")
+            if names.count(zone[0]) > 1:
+                raise ConfigError(f"stats.zones[{i}]: the name {zone[0]!r} is used twice")
+        if self.frozen_speed_body_lengths > self.moving_speed_body_lengths:
+            raise ConfigError("stats.frozen_speed_body_lengths: must not exceed stats.moving_speed_body_lengths")
+
+
+@dataclass(frozen=True)
 class Config:
     name: str = _opt("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
     video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v),
@@ -200,6 +222,9 @@ class Config:
     output_dir: str = _opt("", lambda v: not control_characters(v), "a path without control characters")
     trajectories_formats: list[str] = _opt(["npy", "csv"])
     frames_per_second: float = _opt(0.0, *_between(0.01, 10_000, zero=True))
+    px_per_cm: float = _opt(0.0, *_between(1e-6, 1e6, zero=True))
+    calibration_points: list[list[float]] = _opt([])
+    calibration_distance_cm: float = _opt(0.0, *_between(1e-6, 1e6, zero=True))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -207,6 +232,7 @@ class Config:
     recording: RecordingConfig = field(default_factory=RecordingConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
 
     def __post_init__(self) -> None:
         _check_pair("intensity_ths", self.intensity_ths, 0, 255)
@@ -232,10 +258,34 @@ class Config:
                 parse_roi_entry(entry)
             except ValueError as exc:
                 raise ConfigError(f"roi_list[{i}]: cannot read {entry!r:.80} ({exc})") from None
+        _check_calibration(self.px_per_cm, self.calibration_points, self.calibration_distance_cm)
 
     @property
     def is_simulated(self) -> bool:
         return len(self.video_paths) == 1 and self.video_paths[0].startswith("sim:")
+
+    @property
+    def length_unit(self) -> float | None:
+        """Pixels per centimetre from px_per_cm or the two calibration points; None uncalibrated."""
+        if self.px_per_cm > 0:
+            return self.px_per_cm
+        if self.calibration_points:
+            (x0, y0), (x1, y1) = self.calibration_points
+            return math.hypot(x1 - x0, y1 - y0) / self.calibration_distance_cm
+        return None
+
+
+def _check_calibration(px_per_cm: float, points: list[list[float]], distance_cm: float) -> None:
+    if not points and distance_cm == 0:
+        return
+    if px_per_cm > 0:
+        raise ConfigError("px_per_cm and calibration_points: give one calibration, not both")
+    if len(points) != 2 or any(len(p) != 2 for p in points):
+        raise ConfigError(f"calibration_points: {points!r} must be two points [[x0, y0], [x1, y1]] in pixels")
+    if points[0] == points[1]:
+        raise ConfigError(f"calibration_points: {points!r} are the same point")
+    if distance_cm <= 0:
+        raise ConfigError("calibration_distance_cm: must be positive (the real distance between calibration_points)")
 
 
 def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
@@ -244,7 +294,7 @@ def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("segmentation", "linking", "identity", "appearance", "recording", "sim", "streaming")}
+            ("segmentation", "linking", "identity", "appearance", "recording", "sim", "streaming", "stats")}
 
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
@@ -362,6 +412,24 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     videos = [v if v.startswith(("sim:", "camera:")) or "://" in v else str((base / v)) for v in config.video_paths]
     output_dir = str(base / config.output_dir) if config.output_dir else ""
     return dataclasses.replace(config, video_paths=videos, output_dir=output_dir)
+
+
+def load_session_config(session_dir: str | Path, path: str | Path | None = None,
+                        overrides: dict[str, Any] | None = None) -> Config:
+    """A session's parameters.toml, then a parameter file's keys, then dotted-key overrides.
+
+    How the output tools (stats, report, video, export) get their settings: a session tracked with
+    ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
+    """
+    values = _read_toml(Path(session_dir) / "parameters.toml") if (Path(session_dir) / "parameters.toml").exists() else {}
+    for key, value in (_read_toml(Path(path)) if path is not None else {}).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    for key, value in (overrides or {}).items():
+        merge_dotted(values, key, value)
+    return build_config(values)
 
 
 def build_config(values: dict[str, Any]) -> Config:

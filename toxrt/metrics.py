@@ -35,6 +35,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import SessionError, ToxrtError
+from .extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +354,7 @@ def _fraction(values: np.ndarray) -> float:
 
 def _motmetrics_summary(true: np.ndarray, pred: np.ndarray, frames: np.ndarray, bl2: float) -> dict[str, float]:
     """IDF1, IDP, IDR, MOTA and switches from motmetrics, fed frame by frame."""
-    import motmetrics as mm  # pandas-heavy: imported only when evaluating
+    mm = require("motmetrics", "eval", "IDF1 and MOTA")  # pandas-heavy: imported only when evaluating
 
     acc = mm.MOTAccumulator(auto_id=False)
     true_ok = ~np.isnan(true).any(axis=-1)

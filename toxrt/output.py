@@ -1,33 +1,43 @@
 """Trajectories from recorded blob rows, written in idtracker.ai's layout.
 
 ``trajectories/<name>.npy`` is a dict saved with ``np.save`` (load it with
-``np.load(path, allow_pickle=True).item()``), with idtracker.ai's keys:
+``np.load(path, allow_pickle=True).item()``) with every key idtracker.ai 6 writes:
 
-    trajectories       float64 (frames, N, 2)  x, y in pixels, NaN where the animal is missing
-    id_probabilities   float64 (frames, N, 1)  probability of the identity, NaN where missing
-    version            str     toxrt's version
-    video_paths        list[str]
-    frames_per_second  float
-    body_length        float   pixels
-    width, height      int     pixels
-    identities_labels  list[str]  "1".."N"
-    setup_points       dict    {} (toxrt defines no setup points)
-    length_unit        None    as in idtracker.ai: pixels per real length unit, set only by a length
-                               calibration; toxrt has none, so positions stay in pixels
-    fraction_identified float  fraction of (frame, animal) cells with a position
+    trajectories          float64 (frames, N, 2)  x, y in pixels, NaN where the animal is missing
+    id_probabilities      float64 (frames, N, 1)  probability of the identity: 0 where there is no
+                          position, NaN inside a crossing (the position comes from a crossing blob)
+    version               str     toxrt's version
+    video_paths           list[str]
+    frames_per_second     float
+    body_length           float   pixels (median body length)
+    width, height         int     pixels
+    estimated_accuracy    float   image-weighted mean probability of the identities given, None when
+                                  the identity stage did not estimate it
+    areas                 dict    "mean", "median", "std": float64 (N,) area in pixels of each identity's
+                                  individual blobs (crossings excluded), NaN for an identity never seen
+    setup_points          dict    {} (toxrt defines no setup points)
+    identities_labels     list[str]  "1".."N"
+    identities_groups     dict    group name -> list of identities; {} (toxrt has no exclusive ROIs)
+    length_unit           float   pixels per real length unit (cm) from the calibration, None without one
+    silhouette_score      float   of the contrastive embedding (``toxrt refine``), None otherwise
+    fragment_connectivity float   coexisting fragments per fragment / (N - 1), None when not measured
+    fraction_identified   float   fraction of finite entries of ``trajectories``
 
 and toxrt's own keys: ``status`` int8 (frames, N) (-1 missing, else types.Status) and ``source``
-("toxrt-live" or "toxrt-refined"). ``trajectorytools.Trajectories.from_idtrackerai`` loads the npy,
-the h5 and the csv folder.
+("toxrt-live" or "toxrt-refined"). Quality values come from the caller (``quality=``) as a plain dict.
+``trajectorytools.Trajectories.from_idtrackerai`` and idtracker.ai's ``load_trajectories`` load the
+npy, the h5 and the csv folder; ``idtrackerai_format`` converts between them.
 
 ``<name>.npz`` holds the same arrays and scalars without pickling (``np.load(path)`` as it is,
 ``allow_pickle=False``): toxrt's own readers (``toxrt refine``) read it, so that no file in a shared
 session folder can run code when read. ``setup_points`` and ``length_unit`` are left out of it.
 
 The csv folder ``<name>_csv/`` holds ``trajectories.csv`` (header ``time,x1,y1,...``),
-``id_probabilities.csv`` (``time,id1,...``) and ``attributes.json`` (the scalar keys), like
-idtracker.ai's. Missing values are written ``nan``: readers that use ``np.loadtxt`` (trajectorytools
-does) reject empty fields.
+``id_probabilities.csv`` (``time,id1,...``), ``areas.csv`` (``mean, median, standard_deviation``, one
+row per identity) and ``attributes.json`` (the other keys), like idtracker.ai's. Missing values are
+written ``nan``: readers that use ``np.loadtxt`` (trajectorytools does) reject empty fields.
+The h5 file keeps arrays as datasets, ``areas``, ``setup_points`` and ``identities_groups`` as
+groups, the rest as attributes, and ``length_unit`` as -1 when unset (as idtracker.ai does).
 """
 from __future__ import annotations
 
@@ -35,6 +45,8 @@ import json
 import logging
 import math
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,33 +84,48 @@ def _segment_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nd
     return np.linalg.norm(points - (a + t[:, None] * ab), axis=1)
 
 
-def assemble_trajectories(
+@dataclass
+class Assembled:
+    """Per-frame, per-identity results of ``assemble`` (shapes: T frames, N identities).
+
+    trajectories     float64 (T, N, 2) NaN where missing
+    id_probabilities float64 (T, N, 1) 0 where missing, NaN where the position is a crossing blob's
+    status           int8    (T, N)    -1 where missing, else types.Status
+    areas            float64 (T, N)    area of the individual blob that gave the position, else NaN
+    """
+
+    trajectories: np.ndarray
+    id_probabilities: np.ndarray
+    status: np.ndarray
+    areas: np.ndarray
+
+
+def assemble(
     blobs: np.ndarray,
     fragment_identity: dict[int, tuple[int, float]],
     n_frames: int,
     number_of_animals: int,
     max_crossing_gap: int,
     max_crossing_distance_px: float | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Assembled:
     """Positions per frame and identity from blob rows and the identities of their fragments.
 
     blobs: BLOB_RECORD_DTYPE rows. fragment_identity: fragment id -> (identity 1..N, probability).
     Individual (non-crossing) blobs of identified fragments give the positions, with the row's own
-    status and the fragment's probability. When two rows claim one (frame, identity), the more
-    probable wins. Then, per identity, a gap of at most ``max_crossing_gap`` frames between two
-    known positions is filled, frame by frame, with the centroid of the crossing blob nearest to the
-    segment joining the positions before and after the gap (status CROSSING, probability the
-    smaller of the two sides'). A crossing blob farther from that segment than
-    ``max_crossing_distance_px`` (default: twice the square root of the blob's area, about its
-    length) cannot hold the animal, and the frame stays missing.
-
-    Returns trajectories float64 (n_frames, N, 2) NaN where missing, id_probabilities float64
-    (n_frames, N, 1) NaN where missing, status int8 (n_frames, N) -1 where missing.
+    status, the fragment's probability and the blob's area. When two rows claim one (frame,
+    identity), the more probable wins. Then, per identity, a gap of at most ``max_crossing_gap``
+    frames between two known positions is filled, frame by frame, with the centroid of the crossing
+    blob nearest to the segment joining the positions before and after the gap (status CROSSING,
+    probability NaN as in idtracker.ai: inside a crossing the identity is inferred, not measured). A
+    crossing blob farther from that segment than ``max_crossing_distance_px`` (default: twice the
+    square root of the blob's area, about its length) cannot hold the animal, and the frame stays
+    missing. Cells without a position get probability 0.
     """
     n = number_of_animals
     trajectories = np.full((n_frames, n, 2), np.nan)
-    probabilities = np.full((n_frames, n), np.nan)
+    probabilities = np.zeros((n_frames, n))
     status = np.full((n_frames, n), MISSING, np.int8)
+    areas = np.full((n_frames, n), np.nan)
 
     identity, probability = _identity_lookup(blobs["fragment"], fragment_identity)
     use = (~blobs["is_crossing"] & (identity >= 1) & (identity <= n)
@@ -116,14 +143,25 @@ def assemble_trajectories(
     trajectories[frame, animal, 1] = blobs["y"][rows]
     probabilities[frame, animal] = probability[rows]
     status[frame, animal] = blobs["status"][rows]
+    areas[frame, animal] = blobs["area"][rows]
 
     _fill_crossing_gaps(blobs, trajectories, probabilities, status, max_crossing_gap, max_crossing_distance_px)
-    return trajectories, probabilities[:, :, None], status
+    return Assembled(trajectories, probabilities[:, :, None], status, areas)
+
+
+def assemble_trajectories(blobs: np.ndarray, fragment_identity: dict[int, tuple[int, float]], n_frames: int,
+                          number_of_animals: int, max_crossing_gap: int,
+                          max_crossing_distance_px: float | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``assemble`` without the areas: (trajectories, id_probabilities, status)."""
+    out = assemble(blobs, fragment_identity, n_frames, number_of_animals, max_crossing_gap,
+                   max_crossing_distance_px)
+    return out.trajectories, out.id_probabilities, out.status
 
 
 def _fill_crossing_gaps(blobs: np.ndarray, trajectories: np.ndarray, probabilities: np.ndarray,
                         status: np.ndarray, max_gap: int, max_distance_px: float | None) -> None:
-    """Fill short gaps with crossing-blob centroids, in place (see assemble_trajectories)."""
+    """Fill short gaps with crossing-blob centroids, in place (see assemble)."""
     n_frames = trajectories.shape[0]
     crossing = blobs[blobs["is_crossing"] & (blobs["frame"] >= 0) & (blobs["frame"] < n_frames)]
     if max_gap <= 0 or crossing.size == 0:
@@ -147,7 +185,6 @@ def _fill_crossing_gaps(blobs: np.ndarray, trajectories: np.ndarray, probabiliti
             if end - start > max_gap:
                 continue
             before, after = trajectories[start - 1, animal], trajectories[end, animal]
-            p = min(probabilities[start - 1, animal], probabilities[end, animal])
             for f in range(start, end):
                 a, b = first_row[f], first_row[f + 1]
                 if a == b:
@@ -157,21 +194,36 @@ def _fill_crossing_gaps(blobs: np.ndarray, trajectories: np.ndarray, probabiliti
                 if distance[best] > reach[a + best]:
                     continue
                 trajectories[f, animal] = centroids[a + best]
-                probabilities[f, animal] = p
+                probabilities[f, animal] = np.nan
                 status[f, animal] = Status.CROSSING
                 filled += 1
     log.debug("filled %d (frame, animal) cells from crossing blobs", filled)
 
 
+def area_summary(areas: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+    """idtracker.ai's ``areas``: mean, median and std over frames of each identity's blob areas."""
+    if areas is None or areas.size == 0:
+        nan = np.full(n, np.nan)
+        return {"mean": nan, "median": nan.copy(), "std": nan.copy()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an identity never seen: NaN, not a warning
+        return {"mean": np.nanmean(areas, axis=0), "median": np.nanmedian(areas, axis=0),
+                "std": np.nanstd(areas, axis=0)}
+
+
 def trajectories_dict(trajectories: np.ndarray, id_probabilities: np.ndarray, status: np.ndarray,
-                      meta: dict) -> dict[str, Any]:
-    """The npy dict: idtracker.ai's keys from ``meta`` (with defaults) plus toxrt's.
+                      meta: dict, areas: np.ndarray | None = None, quality: dict | None = None
+                      ) -> dict[str, Any]:
+    """The npy dict: idtracker.ai's keys from ``meta``, ``areas`` and ``quality``, plus toxrt's.
 
     meta keys read: video_paths, frames_per_second, body_length (or body_length_px), width, height,
-    identities_labels, setup_points, length_unit, source.
+    identities_labels, identities_groups, setup_points, length_unit, source. areas: float (T, N)
+    per-frame blob areas (see Assembled). quality: estimated_accuracy, silhouette_score,
+    fragment_connectivity (missing or NaN values are written None, as idtracker.ai does).
     """
     n = trajectories.shape[1]
-    known = ~np.isnan(trajectories[..., 0])
+    quality = quality or {}
+    length_unit = meta.get("length_unit")
     return {
         "trajectories": np.asarray(trajectories, np.float64),
         "id_probabilities": np.asarray(id_probabilities, np.float64),
@@ -181,27 +233,40 @@ def trajectories_dict(trajectories: np.ndarray, id_probabilities: np.ndarray, st
         "body_length": float(meta.get("body_length", meta.get("body_length_px", math.nan))),
         "width": int(meta.get("width", 0)),
         "height": int(meta.get("height", 0)),
-        "identities_labels": [str(x) for x in meta.get("identities_labels", range(1, n + 1))],
+        "estimated_accuracy": _optional_float(quality.get("estimated_accuracy")),
+        "areas": area_summary(areas, n),
         "setup_points": dict(meta.get("setup_points", {})),
-        "length_unit": meta.get("length_unit"),
-        "fraction_identified": float(known.mean()) if known.size else math.nan,
+        "identities_labels": [str(x) for x in meta.get("identities_labels", range(1, n + 1))],
+        "identities_groups": {str(k): [int(i) for i in v] for k, v in meta.get("identities_groups", {}).items()},
+        "length_unit": None if length_unit is None or length_unit <= 0 else float(length_unit),
+        "silhouette_score": _optional_float(quality.get("silhouette_score")),
+        "fragment_connectivity": _optional_float(quality.get("fragment_connectivity")),
+        "fraction_identified": float(np.isfinite(trajectories).mean()) if trajectories.size else math.nan,
         "status": np.asarray(status, np.int8),
         "source": str(meta.get("source", "toxrt-live")),
     }
 
 
+def _optional_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
 def write_trajectories(trajectories_dir: Path, trajectories: np.ndarray, id_probabilities: np.ndarray,
                        status: np.ndarray, meta: dict, formats: list[str],
-                       filename: str = "trajectories") -> list[Path]:
+                       filename: str = "trajectories", areas: np.ndarray | None = None,
+                       quality: dict | None = None) -> list[Path]:
     """Write ``<filename>.npy`` and ``<filename>.npz`` always, ``<filename>_csv/`` for "csv",
     ``<filename>.h5`` for "h5".
 
-    Shapes as returned by assemble_trajectories; meta as read by trajectories_dict. Each file is
+    Shapes as in Assembled; meta, areas and quality as read by trajectories_dict. Each file is
     written to a temporary name and renamed. Returns the paths written.
     """
     folder = Path(trajectories_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    data = trajectories_dict(trajectories, id_probabilities, status, meta)
+    data = trajectories_dict(trajectories, id_probabilities, status, meta, areas, quality)
     written = [_write_npy(folder / f"{filename}.npy", data), write_plain_npz(folder / f"{filename}.npz", data)]
     if "csv" in formats:
         written.append(_write_csv(folder / f"{filename}_csv", data))
@@ -240,8 +305,12 @@ def read_plain_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: archive[key] for key in archive.files}
 
 
-def _attributes(data: dict) -> dict:
-    return {k: v for k, v in data.items() if not isinstance(v, np.ndarray)}
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-writable")
 
 
 def _write_csv(folder: Path, data: dict) -> Path:
@@ -256,31 +325,38 @@ def _write_csv(folder: Path, data: dict) -> Path:
     header = "time," + ",".join(f"id{k}" for k in range(1, n + 1))
     table = np.column_stack([time_s, probabilities])
     _savetxt(folder / "id_probabilities.csv", table, header, ["%.6f"] + ["%.4f"] * n)
-    text = json.dumps(_attributes(data), indent=1)
+    areas = data["areas"]
+    table = np.column_stack([areas["mean"], areas["median"], areas["std"]])
+    _savetxt(folder / "areas.csv", table, "mean, median, standard_deviation", "%.1f", delimiter=", ")
+    # per-frame arrays (status) stay out: a long session would make a huge JSON file
+    attributes = {k: v for k, v in data.items() if k != "areas" and not isinstance(v, np.ndarray)}
+    text = json.dumps(attributes, indent=1, default=_json_value)
     (folder / "attributes.json.tmp").write_text(text)
     os.replace(folder / "attributes.json.tmp", folder / "attributes.json")
     return folder
 
 
-def _savetxt(path: Path, table: np.ndarray, header: str, fmt: list[str]) -> None:
+def _savetxt(path: Path, table: np.ndarray, header: str, fmt: list[str] | str, delimiter: str = ",") -> None:
     tmp = path.with_name(path.name + ".tmp")
-    np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=header, comments="")
+    np.savetxt(tmp, table, fmt=fmt, delimiter=delimiter, header=header, comments="")
     os.replace(tmp, path)
 
 
 def _write_h5(path: Path, data: dict) -> Path:
-    """Arrays as datasets, scalars and string lists as attributes, setup_points as a group."""
+    """Arrays as datasets, dicts as groups, scalars and string lists as attributes (layout above)."""
     import h5py  # only needed for this format
 
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as file:
         for key, value in data.items():
-            if isinstance(value, np.ndarray):
-                file.create_dataset(key, data=value)
+            if key == "length_unit":
+                file.attrs[key] = -1.0 if value is None else value
+            elif isinstance(value, np.ndarray):
+                file.create_dataset(key, data=value, compression="gzip")
             elif isinstance(value, dict):
                 group = file.create_group(key)
-                for name, points in value.items():
-                    group.create_dataset(name, data=np.asarray(points))
+                for name, item in value.items():
+                    group.create_dataset(name, data=np.asarray(item))
             elif value is None:
                 continue  # h5 attributes cannot hold None: a missing key means None
             elif isinstance(value, list):
@@ -289,3 +365,26 @@ def _write_h5(path: Path, data: dict) -> Path:
                 file.attrs[key] = value
     os.replace(tmp, path)
     return path
+
+
+def idtrackerai_session_fields(session_dir: Path, meta: dict, number_of_frames: int,
+                               number_of_animals: int) -> dict:
+    """The session.json keys that idtracker.ai's ``Session.load`` and its tools read.
+
+    Without ``session_folder`` idtrackerai_video fails; when it differs from where the file is,
+    idtracker.ai rewrites session.json (keeping every key), so it is the folder's absolute path.
+    No ``length_calibrations``: idtracker.ai 6.0.14 cannot save a session that loaded them from
+    JSON (its LengthCalibration loses ``color``), and the calibration is in the trajectory files'
+    ``length_unit`` anyway.
+    """
+    n = int(number_of_animals)
+    return {
+        "session_folder": str(Path(session_dir).resolve()),
+        "number_of_frames": int(number_of_frames),
+        "median_body_length": float(meta.get("body_length_px", math.nan)),
+        "n_animals": n,
+        "number_of_animals": n,
+        "identities_labels": [str(k) for k in range(1, n + 1)],
+        "identities_groups": {},
+        "setup_points": {},
+    }

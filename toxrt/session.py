@@ -20,7 +20,7 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import SessionError, ToxrtError
-from .output import assemble_trajectories, write_trajectories
+from .output import assemble, idtrackerai_session_fields, write_trajectories
 from .pipeline import LiveTracker, prepare, warm_up
 from .recording import SessionWriter, event_to_dict
 from .session_end import decide_identities, save_fragment_identities
@@ -96,6 +96,7 @@ def run_session(
             "body_length_px": setup.body_length_px,
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
+            "length_unit": config.length_unit,
         }
         link = LiveLink(config.streaming, live=is_live(source))
         if link.publisher is not None:  # where to subscribe, also when the port was picked ("...:*")
@@ -250,39 +251,41 @@ def finish_session(folder: Path, config: Config, number_of_animals: int, extra: 
     decision = decide_identities(session, config, number_of_animals)
     save_fragment_identities(folder, decision)
     fused = decision.identities
-    trajectories, probabilities, status = assemble_trajectories(
+    out = assemble(
         session.blobs, fused, session.n_frames, number_of_animals,
         max_crossing_gap=max(1, int(round(2 * session.meta.get("frames_per_second", 25)))),
     )
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-live")
-    try:
-        written = write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta,
-                                     config.trajectories_formats)
-    except OSError as exc:  # a full disk: the recording is whole, only the outputs are missing
-        raise SessionError(f"{folder / 'trajectories'}: cannot write the trajectories: {exc.strerror or exc}; "
-                           f"make room and run `toxrt finish {folder}`") from None
     individual = session.fragments[~session.fragments["is_crossing"]]
-    identified = ~np.isnan(trajectories[..., 0])
-    confidence = probabilities[..., 0][identified]
+    identified = ~np.isnan(out.trajectories[..., 0])
+    confidence = out.id_probabilities[..., 0][identified]
     summary = {
         "number_of_animals": number_of_animals,
         "fragments": int(individual.size),
         "crossing_fragments": int(session.fragments.size - individual.size),
         "fragments_identified": int(sum(1 for f in individual["fragment"] if int(f) in fused)),
         "fraction_identified": float(identified.mean()) if identified.size else 0.0,
-        "mean_identity_probability": float(confidence.mean()) if confidence.size else float("nan"),
+        "mean_identity_probability": float(np.nanmean(confidence)) if np.isfinite(confidence).any() else float("nan"),
         **decision.quality(),
-        "outputs": [str(p) for p in written],
         **(extra or {}),
     }
-    _store_summary(folder, summary)
+    # quality measures of the identity stage (estimated_accuracy, ...) go into the files from the summary
+    try:
+        written = write_trajectories(folder / "trajectories", out.trajectories, out.id_probabilities, out.status,
+                                     meta, config.trajectories_formats, areas=out.areas, quality=summary)
+    except OSError as exc:  # a full disk: the recording is whole, only the outputs are missing
+        raise SessionError(f"{folder / 'trajectories'}: cannot write the trajectories: {exc.strerror or exc}; "
+                           f"make room and run `toxrt finish {folder}`") from None
+    summary["outputs"] = [str(p) for p in written]
+    _store_summary(folder, summary, idtrackerai_session_fields(folder, session.meta, session.n_frames,
+                                                               number_of_animals))
     return summary
 
 
-def _store_summary(folder: Path, summary: dict) -> None:
-    """The summary into session.json, which then says ``complete: true`` (the outputs are written)."""
-    _update_meta(folder, summary=summary, complete=True)
+def _store_summary(folder: Path, summary: dict, fields: dict | None = None) -> None:
+    """The summary (and ``fields``) into session.json, which then says ``complete: true``."""
+    _update_meta(folder, **(fields or {}), summary=summary, complete=True)
 
 
 def _set_complete(folder: Path, complete: bool) -> None:

@@ -9,7 +9,7 @@ Stages, each a function call (Torrents et al. 2025, Appendix 2):
 4. image identity probabilities (inverse 7th power of the distance to each centre), one identity
    per fragment, coexisting fragments never sharing one (``assign``);
 5. trajectories with crossing gaps filled from the identities before and after
-   (``toxrt.output.assemble_trajectories``), written like the live ones; the live result is kept
+   (``toxrt.output.assemble``), written like the live ones; the live result is kept
    as ``trajectories_live.npy``.
 
 Usage::
@@ -366,7 +366,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     holds the best model).
     Raises SessionError (one line) for a folder that is not a readable session with images.
     """
-    from ..output import assemble_trajectories, trajectories_dict, write_trajectories
+    from ..output import assemble, trajectories_dict, write_trajectories
     from ..session_end import load_fragment_identities
     from ..session_reader import load_session
 
@@ -383,8 +383,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     n = result.number_of_animals
     fps = float(session.meta.get("frames_per_second", session.meta.get("fps", 25.0)) or 25.0)
     gap = options.max_crossing_gap or max(1, int(round(2 * fps)))
-    trajectories, probabilities, status = assemble_trajectories(
-        session.blobs, result.fragment_identity(), int(session.n_frames), n, max_crossing_gap=gap)
+    out = assemble(session.blobs, result.fragment_identity(), int(session.n_frames), n, max_crossing_gap=gap)
     fragments_changed, images_changed = result.changes()
     summary = RefineSummary(
         session_dir=str(folder), status=result.status, number_of_animals=n, fragments=len(result.table),
@@ -399,12 +398,13 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-refined")
     formats = list(getattr(session, "parameters", {}).get("trajectories_formats", ["npy", "csv"]))
-    written = write_trajectories(out_dir, trajectories, probabilities, status, meta, formats)
-    # the npy dict also carries the refinement's quality measures
-    data = trajectories_dict(trajectories, probabilities, status, meta)
-    data.update(silhouette_score=summary.silhouette, estimated_accuracy=summary.estimated_accuracy,
-                fraction_images_identified=summary.fraction_identified,
-                fragment_connectivity=summary.fragment_connectivity, refine_status=summary.status)
+    quality = {"silhouette_score": summary.silhouette, "estimated_accuracy": summary.estimated_accuracy,
+               "fragment_connectivity": summary.fragment_connectivity}
+    written = write_trajectories(out_dir, out.trajectories, out.id_probabilities, out.status, meta, formats,
+                                 areas=out.areas, quality=quality)
+    # the npy dict also carries toxrt's own refinement keys
+    data = trajectories_dict(out.trajectories, out.id_probabilities, out.status, meta, out.areas, quality)
+    data.update(fraction_images_identified=summary.fraction_identified, refine_status=summary.status)
     _save_npy(out_dir / "trajectories.npy", data)
     summary.outputs = [str(p) for p in written]
     _store(folder, summary, result)
