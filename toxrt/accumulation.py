@@ -28,7 +28,8 @@ model of ``appearance.py`` instead of a network:
    on it (``folds``-fold cross-fitting over fragments). Image log-probabilities are summed over the
    fragment and divided by a temperature fitted on the held-out accepted fragments, because the
    images of one fragment are far from independent. The estimated accuracy is the image-weighted
-   mean of these probabilities, unidentified images counting 0.
+   mean of these probabilities over the identified images. (A model cannot see its own consistent
+   mistakes; on zebrafish14 the estimate is 1.2 points above the measured accuracy.)
 
 Everything is deterministic: no random draw is made. The input is plain arrays
 (:class:`FragmentGraph`, features grouped by fragment), so the live learner and ``toxrt refine``

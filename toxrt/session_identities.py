@@ -39,8 +39,12 @@ class SessionIdentities:
                 for f in keep}
 
     def estimated_accuracy(self) -> float:
-        """Expected share of individual images with the right identity (unidentified ones count 0)."""
-        n = self.table.n_images
+        """Expected share of the identified images that have the right identity.
+
+        Fragments left without an identity coexist with N identified ones all along: they are extra
+        blobs (a shadow, a speck), not an animal, and leave the estimate alone.
+        """
+        n = self.table.n_images * (self.result.identity > 0)
         return float((n * self.result.probability).sum() / n.sum()) if n.sum() else float("nan")
 
     def fraction_identified(self) -> float:

@@ -180,11 +180,10 @@ class RefineResult:
         return {int(self.table.ids[f]): (int(self.identity[f]), float(self.probability[f])) for f in keep}
 
     def estimated_accuracy(self) -> float:
-        """Expected share of individual images with the right identity: the image-weighted mean
-        probability, unidentified images counting 0."""
-        n = self.table.n_images
-        p = np.where(self.identity > 0, self.probability, 0.0)
-        return float((n * p).sum() / n.sum()) if n.sum() else float("nan")
+        """Expected share of the identified images with the right identity (image-weighted mean
+        probability; unidentified fragments are extra blobs, see ``SessionIdentities``)."""
+        n = self.table.n_images * (self.identity > 0)
+        return float((n * self.probability).sum() / n.sum()) if n.sum() else float("nan")
 
     def fraction_identified(self) -> float:
         """Fraction of individual images whose fragment has an identity."""
