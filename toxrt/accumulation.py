@@ -132,6 +132,12 @@ def certainty(p2: np.ndarray, n_images: int) -> float:
     return float((top[1] - top[0]) * np.sqrt(n_images))
 
 
+def sum_by_fragment(values: np.ndarray, fragment: np.ndarray, count: int) -> np.ndarray:
+    """float64 (count, N): the rows of values (k, N) summed by their fragment (k,)."""
+    return np.stack([np.bincount(fragment, weights=values[:, j], minlength=count)
+                     for j in range(values.shape[1])], axis=1) if values.size else np.zeros((count, values.shape[1]))
+
+
 def spread_rows(counts: np.ndarray, per_fragment: int) -> np.ndarray:
     """int64: up to ``per_fragment`` evenly spaced image indices of each fragment (all when 0).
 
@@ -185,7 +191,7 @@ class Accumulator:
         rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
         for lo in range(0, rows.size, 16384):  # bounded temporaries
             part = rows[lo:lo + 16384]
-            np.add.at(out, self.image_fragment[part], model.log_proba(self.features[part]))
+            out += sum_by_fragment(model.log_proba(self.features[part]), self.image_fragment[part], len(self.graph))
         return out
 
     def fragment_p1(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
@@ -194,7 +200,8 @@ class Accumulator:
         rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
         for lo in range(0, rows.size, 16384):
             part = rows[lo:lo + 16384]
-            np.add.at(out, self.image_fragment[part], np.exp(model.log_proba(self.features[part])))
+            out += sum_by_fragment(np.exp(model.log_proba(self.features[part])), self.image_fragment[part],
+                                   len(self.graph))
         return out / np.maximum(self.scored, 1)[:, None]
 
     # -- one run ---------------------------------------------------------------------------------

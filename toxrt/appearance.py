@@ -190,14 +190,17 @@ class AppearanceModel:
         identities, index = np.unique(labels, return_inverse=True)
         if identities.size < 2:
             raise ValueError("an appearance model needs images of at least 2 identities")
-        x = np.asarray(features, np.float64)
+        # float32 for the (images, d) arrays and matrix products (they release the GIL: a live
+        # learner thread must not stall the frame loop), float64 for the (d, d) solve.
+        x = np.asarray(features, np.float32)
         counts = np.bincount(index, minlength=identities.size)
-        means = np.zeros((identities.size, x.shape[1]))
-        np.add.at(means, index, x)
-        means /= counts[:, None]
+        onehot = np.zeros((x.shape[0], identities.size), np.float32)
+        onehot[np.arange(x.shape[0]), index] = 1.0
+        means = (onehot.T @ x) / counts[:, None].astype(np.float32)
         centred = x - means[index]
         shrinkage = ledoit_wolf_shrinkage(centred, assume_centered=True)
-        cov = centred.T @ centred / x.shape[0]
+        cov = (centred.T @ centred).astype(np.float64) / x.shape[0]
+        means = means.astype(np.float64)
         mu = np.trace(cov) / cov.shape[0]
         cov *= 1.0 - shrinkage  # Ledoit-Wolf: (1 - a) S + a mu I
         cov[np.diag_indices_from(cov)] += shrinkage * mu + 1e-9 * max(mu, 1.0)  # never singular

@@ -139,7 +139,7 @@ class AppearanceConfig:
     images_per_fragment: int = _opt(64, *_between(2, 100_000, zero=True))
     training_images_per_identity: int = _opt(2000, *_between(10, 1_000_000, zero=True))
     live_retrain_interval_s: float = _opt(2.0, *_between(0.1, 3600))
-    live_images_per_identity: int = _opt(3000, *_between(100, 1_000_000))
+    live_images_per_identity: int = _opt(1000, *_between(100, 1_000_000))
 
 
 @dataclass(frozen=True)

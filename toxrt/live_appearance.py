@@ -20,17 +20,19 @@ What the learner does with them (``accumulation.py`` explains the rules; this is
 
 Memory is bounded: ``live_images_per_identity`` training images per identity (a ring: the oldest
 go first), and fragments that ended more than ``FORGET_AFTER_RETRAINS`` retrain intervals ago are
-forgotten. With ``synchronous=True`` the learner works inside ``observe`` (tests: deterministic).
+forgotten. :class:`LiveAppearance` runs the learner in a child process, or with
+``synchronous=True`` inside ``observe`` (reproducible: ``[appearance] live_inline``).
 """
 from __future__ import annotations
 
-import collections
+import dataclasses
 import logging
 import os
-import threading
+import queue
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .accumulation import certainty, fit_temperature, neutral_unseen
 from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
@@ -79,15 +81,109 @@ class LearnerStats:
 
 
 class LiveAppearance:
-    """See the module docstring. ``fps`` converts ``live_retrain_interval_s`` into frames."""
+    """The frame loop's side: hands frames to an :class:`AppearanceLearner` and reads its models.
+
+    By default the learner runs in a child process: a thread would share the interpreter lock with
+    the frame loop, and its fits stalled frames by up to 100 ms (tools/bench_live.py at 720p). With
+    ``synchronous=True`` it learns inside ``observe`` instead (reproducible; the loop then waits).
+    """
 
     def __init__(self, cfg: AppearanceConfig, shape: FeatureShape, number_of_animals: int, fps: float,
                  synchronous: bool = False):
+        self.stats = LearnerStats()
+        self._snapshot: ModelSnapshot | None = None
+        self._learner: AppearanceLearner | None = None
+        self._process = None
+        if synchronous:
+            self._learner = AppearanceLearner(cfg, shape, number_of_animals, fps)
+            self.stats = self._learner.stats
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+        self._inbox = context.Queue(maxsize=MAX_PENDING_FRAMES)
+        self._outbox = context.Queue()
+        self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
+                                                             self._outbox), name="toxrt-appearance", daemon=True)
+        self._process.start()
+
+    def observe(self, observation: Observation) -> None:
+        """Hand over one frame (never waits: when the learner is far behind, the frame is dropped)."""
+        if self._learner is not None:
+            self._learner.ingest(observation)
+            self._snapshot = self._learner.snapshot
+            return
+        try:
+            self._inbox.put_nowait(observation)
+        except queue.Full:
+            self.stats.dropped_frames += 1
+
+    def snapshot(self) -> ModelSnapshot | None:
+        """The latest trained model, or None before the first global fragment."""
+        if self._process is not None:
+            self._receive(block=False)
+        return self._snapshot
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._inbox.put(None, timeout=5)
+        except queue.Full:
+            pass
+        self._receive(block=True)
+        self._process.join(timeout=10)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process = None
+
+    def _receive(self, block: bool) -> None:
+        """Take what the learner sent: (model or None, stats) pairs, the last one wins."""
+        while True:
+            try:
+                item = self._outbox.get(block=block, timeout=30 if block else None)
+            except (queue.Empty, EOFError, OSError):
+                return
+            if item is None:  # the learner's last word
+                return
+            model, stats = item
+            if model is not None:
+                self._snapshot = model
+            self.stats = dataclasses.replace(stats, dropped_frames=self.stats.dropped_frames)
+
+
+def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma: no cover - child process
+    try:  # the learner must not take the frame loop's core
+        os.nice(10)
+    except OSError:
+        pass
+    with threadpool_limits(limits=1, user_api="blas"):
+        learner = AppearanceLearner(cfg, shape, number_of_animals, fps)
+        published = None
+        while True:
+            observation = inbox.get()
+            if observation is None:
+                break
+            try:
+                learner.ingest(observation)
+            except Exception:  # the live stage goes on with what it has; the log says why
+                log.exception("appearance learner: frame %d failed", observation.frame)
+            if learner.snapshot is not published:
+                published = learner.snapshot
+                outbox.put((published, learner.stats))
+        outbox.put((None, learner.stats))
+        outbox.put(None)
+
+
+class AppearanceLearner:
+    """What the learner does (module docstring), one observed frame at a time."""
+
+    def __init__(self, cfg: AppearanceConfig, shape: FeatureShape, number_of_animals: int, fps: float):
         self.cfg, self.shape, self.n = cfg, shape, int(number_of_animals)
         self.retrain_frames = max(1, int(round(cfg.live_retrain_interval_s * max(fps, 1e-3))))
         self.stats = LearnerStats()
+        self.snapshot: ModelSnapshot | None = None
         self._model = AppearanceModel(shape, self.n)
-        self._snapshot: ModelSnapshot | None = None
         self._fragments: dict[int, _Fragment] = {}
         self._global_sets: dict[tuple[int, ...], int] = {}
         self._pool = np.zeros((self.n, cfg.live_images_per_identity, shape.size), np.float32)
@@ -95,54 +191,8 @@ class LiveAppearance:
         self._pool_fragment = np.full((self.n, cfg.live_images_per_identity), -1, np.int64)
         self._last_frame = -1
         self._next_training = 0
-        self._pending: collections.deque[Observation] = collections.deque()
-        self._wake = threading.Event()
-        self._closed = False
-        self._thread = None
-        if not synchronous:
-            self._thread = threading.Thread(target=self._run, name="toxrt-appearance", daemon=True)
-            self._thread.start()
 
-    # -- frame loop side ---------------------------------------------------------------------------
-
-    def observe(self, observation: Observation) -> None:
-        """Hand over one frame (O(1) in the frame loop; the arrays must not be changed afterwards)."""
-        if self._thread is None:
-            self._ingest(observation)
-            return
-        if len(self._pending) >= MAX_PENDING_FRAMES:
-            self._pending.popleft()
-            self.stats.dropped_frames += 1
-        self._pending.append(observation)
-        self._wake.set()
-
-    def snapshot(self) -> ModelSnapshot | None:
-        """The latest trained model, or None before the first global fragment."""
-        return self._snapshot
-
-    def close(self) -> None:
-        self._closed = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    # -- learner side ------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:  # a background learner must not take cores from the frame loop (Linux: per-thread nice)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
-        while not self._closed:
-            self._wake.wait(timeout=0.5)
-            self._wake.clear()
-            while self._pending and not self._closed:
-                try:
-                    self._ingest(self._pending.popleft())
-                except Exception:  # the live stage goes on with what it has; the log says why
-                    log.exception("appearance learner: frame failed")
-
-    def _ingest(self, obs: Observation) -> None:
+    def ingest(self, obs: Observation) -> None:
         self._last_frame = obs.frame
         cap = max(2, self.cfg.images_per_fragment)
         for k, f in enumerate(obs.fragment.tolist()):
@@ -161,10 +211,10 @@ class LiveAppearance:
         if obs.all_apart and obs.fragment.size == self.n:
             self._global_sets.setdefault(tuple(sorted(obs.fragment.tolist())), obs.frame)
         # Until the first model, every frame that completes a global fragment may seed it.
-        due = obs.frame >= self._next_training or (self._snapshot is None and obs.all_apart)
+        due = obs.frame >= self._next_training or (self.snapshot is None and obs.all_apart)
         if due:
             trained = self._train()
-            if trained or self._snapshot is not None:
+            if trained or self.snapshot is not None:
                 # A young model learns fast: the interval doubles from the seed up to the configured one.
                 young = max(MIN_RETRAIN_FRAMES, obs.frame - self.stats.seeded_at_frame)
                 self._next_training = obs.frame + min(self.retrain_frames, young)
@@ -218,7 +268,7 @@ class LiveAppearance:
 
     def _train(self) -> bool:
         """Seed if needed, accumulate, publish a new model; False when there is nothing to learn yet."""
-        if self.n < 2 or (self._snapshot is None and not self._seed()):
+        if self.n < 2 or (self.snapshot is None and not self._seed()):
             return False
         model = self._fit()
         for _ in range(ROUNDS_PER_RETRAIN):
@@ -228,8 +278,8 @@ class LiveAppearance:
         if model is None:
             return False
         accepted = {f: r.label for f, r in self._fragments.items() if r.label}
-        self._snapshot = ModelSnapshot(model.identities, model.coef, model.intercept, self.n, self._temperature(),
-                                       accepted)
+        self.snapshot = ModelSnapshot(model.identities, model.coef, model.intercept, self.n, self._temperature(),
+                                      accepted)
         self.stats.trainings += 1
         return True
 
@@ -281,9 +331,14 @@ class LiveAppearance:
     def _p2(self, p1: np.ndarray, f: int) -> np.ndarray:
         """p1 without the identities of accepted fragments that coexist with f, renormalised."""
         me = self._fragments[f]
+        start, end, label = self._labelled
         p = p1.copy()
-        for other in self._fragments.values():
-            if other.label and other is not me and other.start <= me.end and me.start <= other.end:
-                p[other.label - 1] = 0.0
+        p[label[(start <= me.end) & (end >= me.start)] - 1] = 0.0
         total = p.sum()
         return p / total if total > 0 else p
+
+    @property
+    def _labelled(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, label) int64 arrays of the accepted recent fragments."""
+        rows = [(r.start, r.end, r.label) for r in self._fragments.values() if r.label]
+        return tuple(np.array(column, np.int64).reshape(-1) for column in (zip(*rows) if rows else ((), (), ())))
