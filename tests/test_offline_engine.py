@@ -19,12 +19,13 @@ from toxrt.config import build_config  # noqa: E402
 from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
 from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
+from toxrt.session_end import FRAGMENT_IDENTITIES  # noqa: E402
 from toxrt.session_reader import load_session  # noqa: E402
 from toxrt.session import run_session  # noqa: E402
 from toxrt.synthetic import SimulatedArena  # noqa: E402
 
 ANIMALS = 5
-FAST = dict(device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=300, eval_every=25,
+FAST = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=300, eval_every=25,
             patience=3, min_improvement=0.005, silhouette_images=500, threads=1, seed=0, bf16="off")
 
 
@@ -78,6 +79,7 @@ def rewrite_live_trajectories(folder: Path) -> None:
                                                                 ANIMALS, max_crossing_gap=50)
     meta = {**session.meta, "body_length": session.meta.get("body_length_px"), "source": "toxrt-live"}
     write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta, ["npy"])
+    (folder / FRAGMENT_IDENTITIES).unlink()  # the end-of-session decision would be the reference otherwise
 
 
 def solo_accuracy(folder: Path, arena: SimulatedArena) -> float:

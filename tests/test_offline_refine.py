@@ -19,7 +19,7 @@ from toxrt.types import Blobs, FrameResult  # noqa: E402
 
 from .test_offline_fake import FakeSession, make_fake_session  # noqa: E402
 
-FAST = dict(device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=150, eval_every=25,
+FAST = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=150, eval_every=25,
             patience=3, silhouette_target=0.85, silhouette_images=400, threads=1, seed=0)
 
 
@@ -141,10 +141,12 @@ def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint,
 
 def test_auto_options_resolve_per_device():
     cpu = RefineOptions().resolved("cpu", 8)
-    assert (cpu.network, cpu.batch_pairs, cpu.eval_every, cpu.patience) == ("small", 100, 25, 4)
+    assert (cpu.network, cpu.batch_pairs, cpu.eval_every, cpu.patience) == ("small", 100, 25, 8)
+    assert (cpu.min_batches, cpu.time_budget_s) == (500, 600.0)
     assert (cpu.min_improvement, cpu.silhouette_images, cpu.max_batches) == (0.01, 2000, 3000)
     gpu = RefineOptions().resolved("cuda", 30)
     assert (gpu.network, gpu.batch_pairs, gpu.eval_every, gpu.patience) == ("resnet18", 400, 150, 30)
+    assert (gpu.min_batches, gpu.time_budget_s) == (0, 0.0)
     assert (gpu.min_improvement, gpu.silhouette_images, gpu.max_batches) == (0.0, 30000, 15000)
     # explicit values are kept
     mine = RefineOptions(network="resnet18", batch_pairs=7, min_improvement=0.0).resolved("cpu", 8)
@@ -153,7 +155,7 @@ def test_auto_options_resolve_per_device():
         RefineOptions(min_improvement=2.0)
 
 
-def test_auto_network_falls_back_to_resnet18_when_the_small_one_cannot_separate(fake, monkeypatch):
+def test_auto_network_does_not_fall_back_to_resnet18_on_a_cpu(fake, monkeypatch):
     """With network = auto on a CPU, a small network stuck below silhouette 0.5 is replaced by ResNet18."""
     from toxrt.offline import train as train_module
 
@@ -170,5 +172,5 @@ def test_auto_network_falls_back_to_resnet18_when_the_small_one_cannot_separate(
     monkeypatch.setattr(train_module, "train_embedding", recording_train)
     options = RefineOptions(**{**FAST, "network": "auto", "max_batches": 50})
     result = refine(fake, options, progress=False)
-    assert networks == ["small", "resnet18"]
-    assert any("ResNet18" in w for w in result.warnings)
+    assert networks == ["small"]  # no automatic ResNet18 on a CPU: it never converged there
+    assert not any("ResNet18" in w for w in result.warnings)

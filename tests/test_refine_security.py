@@ -21,7 +21,7 @@ from toxrt.types import Blobs, FrameResult  # noqa: E402
 from .test_offline_fake import make_fake_session  # noqa: E402
 from .test_offline_refine import write_as_session  # noqa: E402
 
-QUICK = dict(device="cpu", network="small", image_size=16, batch_pairs=16, max_batches=10, eval_every=5,
+QUICK = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=16, max_batches=10, eval_every=5,
              patience=1, silhouette_images=100, threads=1, seed=0)
 
 

@@ -229,7 +229,7 @@ def train_embedding(table: FragmentTable, loader: ImageLoader, number_of_animals
                 result.history.append((result.batches, score))
                 # On real animals the silhouette peaks early (zebrafish14: 0.41 at batch 25) and falls
                 # while the identities keep improving; before min_batches nothing is kept or stops.
-                warm = result.batches >= settings.min_batches
+                warm = result.batches >= min(settings.min_batches, settings.max_batches)
                 stop = stopper.update(score) if warm else False
                 if out_of_time:
                     log.info("time budget of %.0f s used at batch %d", settings.time_budget_s, result.batches)
