@@ -41,7 +41,8 @@ from .config import AppearanceConfig
 log = logging.getLogger(__name__)
 
 FORGET_AFTER_RETRAINS = 5  # an ended, unaccepted fragment stays a candidate this many retrains
-MAX_PENDING_FRAMES = 2000  # observations queued for the learner; beyond, the oldest are dropped
+MAX_PENDING_FRAMES = 2000  # observations queued for the learner; beyond, new ones are dropped (counted)
+LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
 
@@ -106,12 +107,23 @@ class LiveAppearance:
         self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
                                                              self._outbox), name="toxrt-appearance", daemon=True)
         self._process.start()
+        # Leaving must never wait for frames the learner did not take (it may have died).
+        self._inbox.cancel_join_thread()
+        self._observed = 0
 
     def observe(self, observation: Observation) -> None:
         """Hand over one frame (never waits: when the learner is far behind, the frame is dropped)."""
         if self._learner is not None:
             self._learner.ingest(observation)
             self._snapshot = self._learner.snapshot
+            return
+        if self._process is None:
+            return
+        self._observed += 1
+        if self._observed % LIVENESS_CHECK_FRAMES == 0 and not self._process.is_alive():
+            log.warning("the live appearance learner stopped (exit code %s); the live identities go on with the "
+                        "last model it sent", self._process.exitcode)
+            self._process = None
             return
         try:
             self._inbox.put_nowait(observation)
@@ -125,14 +137,16 @@ class LiveAppearance:
         return self._snapshot
 
     def close(self) -> None:
+        """Stop the learner (its last model is kept); safe to call more than once."""
         if self._process is None:
             return
-        try:
-            self._inbox.put(None, timeout=5)
-        except queue.Full:
-            pass
-        self._receive(block=True)
-        self._process.join(timeout=10)
+        if self._process.is_alive():
+            try:
+                self._inbox.put(None, timeout=5)
+            except queue.Full:
+                pass
+            self._receive(block=True)
+            self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.terminate()
         self._process = None

@@ -81,7 +81,7 @@ def run_session(
 
         # The replay clock starts with the first frame the loop asks for, not while prepare() runs.
         source = RealtimeSource(source, source.fps, autostart=False)
-    writer = link = lock = None
+    writer = link = lock = tracker = None
     try:
         setup = prepare(config, source)
         folder = session_folder(config)
@@ -130,6 +130,8 @@ def run_session(
         source.close()
         if link is not None:
             link.close()
+        if tracker is not None and tracker.learner is not None:
+            tracker.learner.close()  # also when the loop failed: no learner process outlives the run
     try:
         writer.close()  # whatever happened, what was tracked reaches the disk
         summary = finish_session(folder, config, setup.number_of_animals)
