@@ -22,7 +22,7 @@ $(VENV)/.live: pyproject.toml
 # Everything, with torch's CPU build (a bare "torch" requirement would pull a multi-GB CUDA build).
 $(VENV)/.full: $(VENV)/.live
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[offline,test]'
+	$(BIN)/python -m pip install -q -e '.[offline,test,batch]'
 	touch $@
 
 clean:

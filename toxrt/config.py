@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class StreamingConfig:
     publish_hwm: int = _opt(1000, _positive, "positive")
     source_timeout_s: float = _opt(3.0, _positive, "positive")  # open/read timeout of streams
     wait_for_subscriber_s: float = _opt(0.0, _non_negative, "0 (do not wait) or more")
+    camera: str = _opt("", lambda v: re.fullmatch(r"[A-Za-z0-9_.-]*", v) is not None,
+                       "empty or letters, digits, '_', '.', '-'")  # carried in every message
 
 
 @dataclass(frozen=True)

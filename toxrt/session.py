@@ -93,6 +93,7 @@ def run_session(
             "body_length_px": setup.body_length_px,
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
+            "camera": config.streaming.camera,
         }
         link = LiveLink(config.streaming)
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
