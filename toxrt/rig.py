@@ -36,7 +36,7 @@ from .errors import ConfigError, ToxrtError
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 CAMERA_KEYS = ("name", "source", "params", "publish_address", "marker_address")
-STOPPED_BY_SIGNAL = 130  # `toxrt track` stopped before its loop started
+STOPPED_BY_SIGNAL = 130  # `toxrt track` stopped before its loop started (-SIGTERM: while exiting)
 
 
 @dataclass(frozen=True)
@@ -188,7 +188,7 @@ class CameraProcess:
         code = self.process.poll()
         if code is None:
             return "stopping" if self.stop_sent else "running"
-        if code == 0 or (self.stop_sent and code == STOPPED_BY_SIGNAL):
+        if code == 0 or (self.stop_sent and code in (STOPPED_BY_SIGNAL, -signal.SIGTERM)):
             return "stopped" if self.stop_sent else "finished"
         return f"failed ({code})"
 
@@ -274,10 +274,22 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
         for proc in processes:
             proc.close(stop_timeout_s)
         socket.close(linger=0)
+    for proc in processes:  # the final counts: the last status can be up to a second old
+        summary = _summary(proc.plan.session)
+        if summary.get("frames") is not None:
+            statuses[proc.plan.camera.name] = {**statuses.get(proc.plan.camera.name, {}),
+                                               "frames": summary["frames"], "fps": summary.get("fps")}
     out.write(status_table(processes, statuses) + "\n")
     for proc in processes:
         out.write(f"{proc.plan.camera.name}: log {proc.log_path}\n")
     return 1 if any(p.failed() for p in processes) else 0
+
+
+def _summary(session: Path) -> dict:
+    try:
+        return json.loads((session / "session.json").read_text()).get("summary") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
