@@ -123,6 +123,28 @@ def test_a_worker_killed_during_a_task_has_the_task_run_again_and_the_batch_comp
         cluster.close()
 
 
+def test_a_video_whose_worker_dies_every_time_is_reported_as_failed(tmp_path):
+    import dask
+
+    (job,) = plan_jobs([str(simulate(tmp_path / "v", seed=1, frames=100, realtime=True))])[0]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # no second try
+        client, cluster, threads = start_cluster(workers=1)
+    try:
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(rows=run_on_dask([job], client, progress=False)))
+        runner.start()
+        deadline = time.monotonic() + 120
+        while not (Path(job.session) / "session.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(next(iter(client.run(os.getpid).values())), signal.SIGKILL)  # as a crash would
+        runner.join(timeout=120)
+        (row,) = result["rows"]
+        assert row["status"] == FAILED and row["message"].startswith("the worker died each time it ran this video")
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_refine_runs_through_its_public_entry_and_a_rerun_skips_it(tmp_path):
     # One animal: refinement has nobody to tell apart and keeps the live identities at once (no
     # training), which keeps this test fast while the whole path (refine_session, its files,
