@@ -159,6 +159,15 @@ def test_refine_runs_through_its_public_entry_and_a_rerun_skips_it(tmp_path):
     assert again["status"] == SKIPPED and again["frames"] == 60
 
 
+def test_a_failed_refinement_keeps_the_tracked_session_and_says_so(tmp_path):
+    params = simulate(tmp_path / "v", seed=1)
+    params.write_text(params.read_text() + "\n[recording]\nidentification_images = false\n")
+    (job,), _ = plan_jobs([str(params)])
+    row = run_job(job, refine=True)
+    assert row["status"] == FAILED and row["message"].startswith("tracked; refine failed: "), row
+    assert run_job(job)["status"] == SKIPPED  # the tracking itself is finished
+
+
 def test_a_session_stopped_by_hand_is_kept_and_reported(tmp_path):
     (job,), _ = plan_jobs([str(simulate(tmp_path / "v", seed=1))])
     assert run_job(job)["status"] == DONE

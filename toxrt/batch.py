@@ -173,6 +173,7 @@ def run_job(job: Job, refine: bool = False, threads: int = 1,
     started = time.monotonic()
     row = {"video": job.video, "session": job.session}
     folder = Path(job.session)
+    stage = ""
     try:
         with limited_threads(threads):
             summary = tracked_summary(folder)
@@ -181,6 +182,7 @@ def run_job(job: Job, refine: bool = False, threads: int = 1,
                 summary = _track(job, report)
             refined = refined_summary(folder) if refine else None
             if refine and refined is None:
+                stage = "tracked; refine failed: "  # the tracked session stays; a re-run refines it
                 refined = _refine(folder, threads)
                 worked = True
         row.update(status=DONE if worked else SKIPPED, frames=summary.get("frames"), fps=summary.get("fps"),
@@ -190,7 +192,7 @@ def run_job(job: Job, refine: bool = False, threads: int = 1,
         if not isinstance(exc, ToxrtError):
             log.exception("%s failed", job.video)
         # The host tells a lab which worker could not read a file (shared storage not mounted?)
-        row.update(failed_row(job.video, f"{one_line(exc)} (on {socket.gethostname()})", job.session))
+        row.update(failed_row(job.video, f"{stage}{one_line(exc)} (on {socket.gethostname()})", job.session))
     row["seconds"] = time.monotonic() - started
     return row
 
