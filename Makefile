@@ -23,7 +23,7 @@ $(VENV)/.live: pyproject.toml
 # The test extra brings idtracker.ai 6.0.14 (its tools need no torch and it requires none) and movement.
 $(VENV)/.full: $(VENV)/.live
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[offline,test]'
+	$(BIN)/python -m pip install -q -e '.[offline,test,batch]'
 	touch $@
 
 clean:

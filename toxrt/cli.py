@@ -7,12 +7,15 @@
     toxrt report SESSION
     toxrt stats SESSION [--load zones.toml] [--px_per_cm 8.2]
     toxrt export SESSION [--format tidy|sleap]
+    toxrt track --load params.toml --cameras left=camera:0 right=camera:1
     toxrt demo [--animals 8] [--frames 600]
     toxrt simulate OUT_DIR --animals 8 --frames 1500
     toxrt evaluate SESSION GROUND_TRUTH.csv
     toxrt refine SESSION
     toxrt finish SESSION
-    toxrt listen [ADDRESS]
+    toxrt listen [ADDRESS...] [--rig RIG.toml]
+    toxrt rig RIG.toml
+    toxrt batch PARAMS.toml... [--videos GLOB] [--refine] [--scheduler ADDRESS] [--workers N]
 
 Any parameter-file key can be given as a flag with the same name (tables with a dot). User
 mistakes end with one line on stderr and exit code 2; nothing is printed as a traceback.
@@ -37,6 +40,7 @@ from .extras import MissingExtra
 log = logging.getLogger("toxrt")
 
 EXIT_USER_ERROR = 2
+DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
 
 
 def _overrides(extra: list[str]) -> dict:
@@ -93,10 +97,21 @@ def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
     if isinstance(overrides.get("video_paths"), str):  # --video_paths fish.mp4: one video
         overrides["video_paths"] = [overrides["video_paths"]]
     config = load_config(args.load, overrides)
+    cameras = args.cameras or _several_live_sources(config.video_paths)
+    if cameras:  # one process per camera
+        from .rig import cameras_from_specs, plan_cameras, run_rig
+
+        return run_rig(plan_cameras(cameras_from_specs(args.load, cameras), overrides=overrides, extra=extra))
     _stop_on_signals()
     summary = run_session(config, progress=not args.quiet, overwrite=args.overwrite)
     _print_summary(summary)
     return 0
+
+
+def _several_live_sources(video_paths: list[str]) -> list[str]:
+    from .live_source import is_live_spec
+
+    return video_paths if len(video_paths) > 1 and all(is_live_spec(p) for p in video_paths) else []
 
 
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
@@ -194,7 +209,12 @@ def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
 
     if extra:
         raise ConfigError(f"unexpected arguments {' '.join(extra)}")
-    listen(args.address, csv_path=args.csv, duration_s=args.duration)
+    addresses = list(args.address)
+    if args.rig:
+        from .rig import addresses_of
+
+        addresses += addresses_of(args.rig)
+    listen(addresses or DEFAULT_LISTEN, csv_path=args.csv, duration_s=args.duration)
     return 0
 
 
@@ -220,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--load", default=None, help="parameter file (TOML); start from: toxrt config --defaults")
     track.add_argument("--overwrite", action="store_true", help="replace an existing session folder")
     track.add_argument("--quiet", action="store_true", help="no progress bar")
+    track.add_argument("--cameras", nargs="+", default=None, metavar="[NAME=]SOURCE",
+                       help="track these live, one process per camera (see toxrt rig)")
     track.set_defaults(run=cmd_track)
 
     demo = commands.add_parser("demo", help="the live engine on the built-in simulated arena")
@@ -258,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     finish.set_defaults(run=cmd_finish)
 
     listen = commands.add_parser("listen", help="print the live position stream")
-    listen.add_argument("address", nargs="?", default="tcp://127.0.0.1:5556")
+    listen.add_argument("address", nargs="*", help=f"publisher addresses, one per camera (default {DEFAULT_LISTEN})")
+    listen.add_argument("--rig", default=None, help="also every camera of this rig file")
     listen.add_argument("--csv", default=None, help="also write the stream to this CSV file")
     listen.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     listen.set_defaults(run=cmd_listen)
@@ -269,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--defaults", action="store_true", required=True,
                         help="print the default parameter file (save it and edit it: toxrt config --defaults > params.toml)")
     config.set_defaults(run=cmd_config)
+
+    from . import batch_cluster, rig
+    batch_cluster.add_parser(commands)
+    rig.add_parser(commands)
     return parser
 
 

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, TextIO
+from typing import Any, Iterable, Sequence, TextIO
 
 import zmq
 
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 _POLL_MS = 100  # how often the receiving thread checks for close()
 CSV_COLUMNS = ("frame", "seq", "t_capture", "t_publish", "t_receive", "id", "fragment", "x", "y",
-               "heading", "area", "status", "p")
+               "heading", "area", "status", "p", "camera")
 
 
 @dataclass(frozen=True)
@@ -127,16 +127,18 @@ class SeqCounter:
         self.last = seq
 
 
-def _subscriber(context: zmq.Context, address: str, topics: Iterable[bytes]) -> zmq.Socket:
+def _subscriber(context: zmq.Context, address: str | Sequence[str], topics: Iterable[bytes]) -> zmq.Socket:
+    """A SUB socket connected to one address or to several (one publisher per camera)."""
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
     for topic in topics:
         socket.setsockopt(zmq.SUBSCRIBE, topic)
-    try:
-        socket.connect(address)
-    except zmq.ZMQError as exc:
-        socket.close(linger=0)
-        raise ToxrtError(f"cannot connect to {address}: {exc.strerror}") from None
+    for one in [address] if isinstance(address, str) else address:
+        try:
+            socket.connect(one)
+        except zmq.ZMQError as exc:
+            socket.close(linger=0)
+            raise ToxrtError(f"cannot connect to {one}: {exc.strerror}") from None
     return socket
 
 
@@ -262,6 +264,81 @@ class PositionClient:
         self.close()
 
 
+class MultiCameraClient:
+    """Several toxrt processes at once, one per camera: a :class:`PositionClient` per address.
+
+    Everything is kept per camera, named by the ``camera`` field its publisher puts in every
+    message (``streaming.camera``; ``toxrt rig`` sets it), or by its address when it has none, so
+    identity 1 of one camera never overwrites identity 1 of another and ``seq`` gaps are counted
+    per publisher. Example::
+
+        with MultiCameraClient(["tcp://127.0.0.1:5556", "tcp://127.0.0.1:5558"]) as rig:
+            rig.wait_for_frames(timeout_s=10)
+            for camera, animals in rig.latest().items():
+                print(camera, {i: (round(a.x), round(a.y)) for i, a in animals.items()})
+    """
+
+    def __init__(self, addresses: Iterable[str], max_events: int = 1000, context: zmq.Context | None = None):
+        self.clients: dict[str, PositionClient] = {}  # by address
+        try:
+            for address in addresses:
+                self.clients[address] = PositionClient(address, max_events, context)
+        except BaseException:
+            self.close()
+            raise
+        if not self.clients:
+            raise ToxrtError("no address to subscribe to")
+
+    def _camera(self, address: str, client: PositionClient) -> str:
+        named = client.last_frame() or client.status or {}
+        return named.get("camera") or address
+
+    def cameras(self) -> dict[str, str]:
+        """Camera name -> address (the address as name until its first message arrives)."""
+        return {self._camera(a, c): a for a, c in self.clients.items()}
+
+    def latest(self) -> dict[str, dict[int, AnimalPosition]]:
+        """Camera -> the last position of every identity that camera has seen."""
+        return {self._camera(a, c): c.latest() for a, c in self.clients.items()}
+
+    def last_frames(self) -> dict[str, dict | None]:
+        """Camera -> its latest ``pos`` message (None before the first)."""
+        return {self._camera(a, c): c.last_frame() for a, c in self.clients.items()}
+
+    def statuses(self) -> dict[str, dict | None]:
+        """Camera -> its latest ``status`` message (None before the first)."""
+        return {self._camera(a, c): c.status for a, c in self.clients.items()}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Camera -> received, missed and rejected message counts."""
+        return {self._camera(a, c): {"received": c.received, "missed": c.missed, "rejected": c.rejected}
+                for a, c in self.clients.items()}
+
+    def wait_for_frames(self, timeout_s: float = 5.0) -> bool:
+        """Block until every camera has delivered a ``pos`` message; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        return all(c.wait_for_frame(timeout_s=max(0.0, deadline - time.monotonic())) is not None
+                   for c in self.clients.values())
+
+    def events(self) -> list[dict]:
+        """The ``event`` messages of every camera since the last call, each with its ``camera``."""
+        drained = []
+        for address, client in self.clients.items():
+            name = self._camera(address, client)
+            drained += [{**event, "camera": event.get("camera") or name} for event in client.events()]
+        return sorted(drained, key=lambda e: e.get("t_publish", 0.0))
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+    def __enter__(self) -> "MultiCameraClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # toxrt listen
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +353,8 @@ def format_table(message: dict, status: dict | None, missed: int, now: float) ->
     identified animals first. ``missed``: positions this client lost (seq gaps)."""
     age_ms = (now - message["t_capture"]) * 1000.0
     head = f"frame {message['frame']:>7}  seq {message['seq']:>7}  age {age_ms:7.1f} ms  lost {missed}"
+    if message.get("camera"):
+        head = f"camera {message['camera']}  {head}"
     if status:
         head += (f"  |  {_status_number(status, 'fps'):5.1f} fps  latency p50 "
                  f"{_status_number(status, 'latency_ms_p50'):.1f} ms  source dropped "
@@ -290,7 +369,7 @@ def format_table(message: dict, status: dict | None, missed: int, now: float) ->
     return "\n".join(lines)
 
 
-def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration_s: float | None = None,
+def listen(address: str | Sequence[str] = DEFAULT_ADDRESS, csv_path: str | None = None, duration_s: float | None = None,
            max_frames: int | None = None, out: TextIO | None = None, refresh_s: float = 0.5,
            context: zmq.Context | None = None) -> dict[str, Any]:
     """Print the live stream as a table of animals (at most every ``refresh_s``), optionally
@@ -298,9 +377,14 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
 
     Runs until ``duration_s`` has passed, ``max_frames`` ``pos`` messages arrived, or Ctrl-C.
     Returns counts: frames (``pos`` received), missed, events, rejected (see the module docstring).
+    Several addresses (one toxrt process per camera) are received together: one table per camera,
+    told apart by each message's ``camera`` field (``streaming.camera``), and ``seq`` gaps are
+    counted per camera, so the publishers' camera names must differ.
     """
     out = out or sys.stdout
-    _check_connect_address(address)
+    addresses = [address] if isinstance(address, str) else list(address)
+    for one in addresses:
+        _check_connect_address(one)
     socket = _subscriber(context or zmq.Context.instance(), address, (TOPIC_POS, TOPIC_EVENT, TOPIC_STATUS))
     clear = "\x1b[H\x1b[J" if getattr(out, "isatty", lambda: False)() else ""
     handle = writer = None
@@ -313,12 +397,13 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
     counts = {"frames": 0, "missed": 0, "events": 0, "rejected": 0}
-    status: dict | None = None
-    seq = SeqCounter()
+    status: dict[str, dict] = {}  # per camera, as are the latest pos and the seq counters
+    latest: dict[str, dict] = {}
+    seqs: dict[str, SeqCounter] = {}
     warnings = WarningLimiter(log)
     last_shown = 0.0
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    out.write(f"listening on {address} (Ctrl-C to stop)\n")
+    out.write(f"listening on {', '.join(addresses)} (Ctrl-C to stop)\n")
     out.flush()
     try:
         while (deadline is None or time.monotonic() < deadline) and (max_frames is None or counts["frames"] < max_frames):
@@ -331,6 +416,8 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
                     raise ValueError(f"expected [topic, payload], got {len(parts)} frames")
                 topic, payload = parts
                 message = decode(payload)
+                camera = str(message.get("camera", "")) if isinstance(message, dict) else ""
+                seq = seqs.setdefault(camera, SeqCounter())
                 if topic == TOPIC_POS:
                     try:
                         check_position(message)
@@ -339,24 +426,26 @@ def listen(address: str = DEFAULT_ADDRESS, csv_path: str | None = None, duration
                         raise
                     seq.see(message["seq"])
             except ValueError as exc:
-                counts["missed"] = seq.missed
+                counts["missed"] = sum(c.missed for c in seqs.values())
                 counts["rejected"] += 1
                 warnings.warn(f"message rejected ({counts['rejected']} so far): {str(exc)[:200]}")
                 continue
             if topic == TOPIC_STATUS:
-                status = message
+                status[camera] = message
             elif topic == TOPIC_EVENT:
                 counts["events"] += 1
                 out.write(f"event {str(message.get('type'))[:40]!r}: "
                           f"{ {k: v for k, v in message.items() if k not in ('v', 'type')} !r:.500}\n")
             elif topic == TOPIC_POS:
+                latest[camera] = message
                 counts["frames"] += 1
-                counts["missed"] = seq.missed
+                counts["missed"] = sum(c.missed for c in seqs.values())
                 if writer is not None:
                     _write_rows(writer, message, t_receive)
                 if t_receive - last_shown >= refresh_s:
                     last_shown = t_receive
-                    out.write(clear + format_table(message, status, counts["missed"], t_receive) + "\n\n")
+                    tables = (format_table(latest[c], status.get(c), counts["missed"], t_receive) for c in sorted(latest))
+                    out.write(clear + "\n\n".join(tables) + "\n\n")
                     out.flush()
     except KeyboardInterrupt:
         pass
@@ -373,6 +462,7 @@ def _write_rows(writer: Any, message: dict, t_receive: float) -> None:
     head = (message["frame"], message["seq"], message["t_capture"], message["t_publish"], t_receive)
     n = len(message["id"])
     fragments = message.get("fragment") or [0] * n
-    writer.writerows(head + row for row in zip(message["id"], fragments, message["x"], message["y"],
-                                                message["heading"], message["area"], message["status"],
-                                                message["p"]))
+    camera = (message.get("camera", ""),)
+    writer.writerows(head + row + camera for row in zip(message["id"], fragments, message["x"], message["y"],
+                                                         message["heading"], message["area"], message["status"],
+                                                         message["p"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 import unicodedata
@@ -183,6 +184,9 @@ class StreamingConfig:
     wait_for_subscriber_s: float = _opt(0.0, *_between(0, 3600))
     # When the publisher and marker sockets open: "auto" for live sources and real-time replay only.
     publish: str = _opt("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
+
+    camera: str = _opt("", lambda v: re.fullmatch(r"[A-Za-z0-9_.-]*", v) is not None,
+                       "empty or letters, digits, '_', '.', '-'")  # carried in every message
 
 
 @dataclass(frozen=True)

@@ -95,12 +95,16 @@ class LiveAppearance:
         self._snapshot: ModelSnapshot | None = None
         self._learner: AppearanceLearner | None = None
         self._process = None
+        import multiprocessing
+
+        if not synchronous and multiprocessing.current_process().daemon:
+            # A daemonic process (a Dask worker of `toxrt batch`) may not start children: learn inline.
+            log.info("live appearance learner: inside the frame loop (this process cannot start another)")
+            synchronous = True
         if synchronous:
             self._learner = AppearanceLearner(cfg, shape, number_of_animals, fps)
             self.stats = self._learner.stats
             return
-        import multiprocessing
-
         context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         self._inbox = context.Queue(maxsize=MAX_PENDING_FRAMES)
         self._outbox = context.Queue()

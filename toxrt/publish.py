@@ -70,13 +70,16 @@ def check_format(fmt: str, key: str = "publish_format") -> str:
     return fmt
 
 
-def encode(message: Mapping[str, Any], fmt: str = "msgpack") -> bytes:
-    """One message (a map of plain Python values) as msgpack or compact UTF-8 JSON.
+def encode(message: Mapping[str, Any], fmt: str = "msgpack", camera: str = "") -> bytes:
+    """One message (a map of plain Python values) as msgpack or compact UTF-8 JSON; a non-empty
+    ``camera`` is added as the ``camera`` field (the publishing camera's name).
 
     JSON is strict (RFC 8259): a value that is not a finite number (NaN, an unknown heading or
     confidence) is written ``null``, since JavaScript's ``JSON.parse``, System.Text.Json and MATLAB's
     ``jsondecode`` reject ``NaN``. msgpack keeps NaN, which every msgpack library reads as a float.
     """
+    if camera:
+        message = {**message, "camera": camera}
     if fmt == "msgpack":
         return msgpack.packb(message, use_bin_type=True)
     try:
@@ -149,10 +152,10 @@ def position_message(frame: int, seq: int, t_capture: float, t_publish: float,
 def encode_positions(frame: int, seq: int, t_capture: float, t_publish: float,
                      ids: np.ndarray, x: np.ndarray, y: np.ndarray, heading: np.ndarray,
                      area: np.ndarray, status: np.ndarray, p: np.ndarray,
-                     fragment: np.ndarray | None = None, fmt: str = "msgpack") -> bytes:
+                     fragment: np.ndarray | None = None, fmt: str = "msgpack", camera: str = "") -> bytes:
     """The ``pos`` payload of one frame (see :func:`position_message` for the arrays)."""
     return encode(position_message(frame, seq, t_capture, t_publish, ids, x, y, heading, area,
-                                   status, p, fragment), fmt)
+                                   status, p, fragment), fmt, camera)
 
 
 def result_arrays(result: FrameResult) -> dict[str, np.ndarray]:
@@ -300,9 +303,10 @@ class Publisher:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, fmt: str = "msgpack", allow_remote: bool = False,
                  hwm: int = 1000, status_interval_s: float = 1.0, context: zmq.Context | None = None,
-                 key: str = "streaming.publish_address"):
+                 key: str = "streaming.publish_address", camera: str = ""):
         self.address = address
         self.fmt = check_format(fmt)
+        self.camera = camera  # added to every message as "camera" when not empty
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, int(hwm))
@@ -350,7 +354,7 @@ class Publisher:
         """
         t_publish = time.time()
         payload = encode_positions(frame, self.seq, t_capture, t_publish, ids, x, y, heading, area,
-                                   status, p, fragment, self.fmt)
+                                   status, p, fragment, self.fmt, self.camera)
         self.seq += 1
         ok = self._send(TOPIC_POS, payload)
         self.meter.add(t_capture, t_publish, np.asarray(ids), np.asarray(p))
@@ -369,7 +373,7 @@ class Publisher:
 
     def publish_event(self, event: IdentityEvent | Mapping[str, Any]) -> bool:
         """Send one ``event``: an :class:`IdentityEvent` or a dict with ``type`` and plain values."""
-        return self._send(TOPIC_EVENT, encode(event_message(event, time.time()), self.fmt))
+        return self._send(TOPIC_EVENT, encode(event_message(event, time.time()), self.fmt, self.camera))
 
     def publish_status(self, **extra: Any) -> bool:
         """Send a ``status`` now (``publish_positions`` does so about once per second)."""
@@ -379,7 +383,7 @@ class Publisher:
                    "published": self.sent, "dropped_publish": self.dropped,
                    "dropped_source": int(self.source_dropped), "subscriptions": self.subscriptions,
                    **self.status_fields, **extra}
-        return self._send(TOPIC_STATUS, encode(message, self.fmt))
+        return self._send(TOPIC_STATUS, encode(message, self.fmt, self.camera))
 
     # -- subscriptions --------------------------------------------------------------------------
     def poll_subscriptions(self, timeout_s: float = 0.0) -> list[bytes]:

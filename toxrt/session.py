@@ -97,6 +97,7 @@ def run_session(
             "single_animal_area": setup.single_animal_area,
             "max_distance_px": setup.max_distance_px,
             "length_unit": config.length_unit,
+            "camera": config.streaming.camera,
         }
         link = LiveLink(config.streaming, live=is_live(source))
         if link.publisher is not None:  # where to subscribe, also when the port was picked ("...:*")

@@ -81,7 +81,8 @@ class LiveLink:
             return
         try:
             if cfg.publish_address:
-                self.publisher = Publisher(cfg.publish_address, cfg.publish_format, cfg.allow_remote, cfg.publish_hwm)
+                self.publisher = Publisher(cfg.publish_address, cfg.publish_format, cfg.allow_remote, cfg.publish_hwm,
+                                           camera=cfg.camera)
                 log.info("publishing positions on %s", self.publisher.address)
                 if cfg.wait_for_subscriber_s > 0 and not self.publisher.wait_for_subscriber(
                         timeout_s=cfg.wait_for_subscriber_s):

@@ -272,6 +272,8 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
         if "probability" in (session.blobs.dtype.names or ()) else np.ones(len(table))
     keep_live = RefineResult(table, n, table.live_identity.astype(np.int64), live_probability, "kept_live",
                              float("nan"), connectivity, warnings=warnings)
+    if n < 2:  # one animal: nobody to tell apart
+        return keep_live
     if options.method == "accumulation":
         return _refine_by_accumulation(session, table, n, warnings)
     # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
