@@ -59,7 +59,7 @@ def test_the_learner_learns_in_a_child_process_and_the_frame_loop_never_waits_fo
         for observation in _frames(100, rng):
             learner.observe(observation)
         os.kill(learner._process.pid, signal.SIGSTOP)
-        for observation in _frames(live_appearance.MAX_PENDING_FRAMES + 200, rng, first=100):
+        for observation in _frames(learner.capacity + 200, rng, first=100):
             learner.observe(observation)  # returns at once although nobody takes the frames
         assert learner.stats.dropped_frames >= 200 - 100  # the queue took what it could
         os.kill(learner._process.pid, signal.SIGCONT)

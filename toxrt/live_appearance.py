@@ -41,7 +41,11 @@ from .config import AppearanceConfig
 log = logging.getLogger(__name__)
 
 FORGET_AFTER_RETRAINS = 5  # an ended, unaccepted fragment stays a candidate this many retrains
-MAX_PENDING_FRAMES = 2000  # observations queued for the learner; beyond, new ones are dropped (counted)
+# Observations queued for the learner (beyond, new ones are dropped and counted): at most 2,000
+# frames and 64 MB of features, at least 50 frames (2 s at 25 fps) whatever the animals.
+MAX_PENDING_FRAMES = 2000
+MIN_PENDING_FRAMES = 50
+MAX_PENDING_BYTES = 64 * 2**20
 LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
@@ -106,7 +110,9 @@ class LiveAppearance:
             self.stats = self._learner.stats
             return
         context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-        self._inbox = context.Queue(maxsize=MAX_PENDING_FRAMES)
+        frame_bytes = max(1, number_of_animals) * shape.size * 4
+        self.capacity = int(np.clip(MAX_PENDING_BYTES // frame_bytes, MIN_PENDING_FRAMES, MAX_PENDING_FRAMES))
+        self._inbox = context.Queue(maxsize=self.capacity)
         self._outbox = context.Queue()
         self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
                                                              self._outbox), name="toxrt-appearance", daemon=True)
