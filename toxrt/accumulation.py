@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment, minimize_scalar
 
-from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
+from .appearance import MIN_PROBABILITY, AppearanceModel, FeatureShape, ModelSnapshot
 from .config import AppearanceConfig
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ CONSENSUS = 0.995
 LOW_CONNECTIVITY = 0.25  # idtracker.ai v6: < 0.25 (N - 1) coexisting fragments per fragment
 LOW_ACCUMULATED = 0.5  # less than half the images accepted: most identities come from residual guesses
 LOW_ESTIMATED_ACCURACY = 0.99
-# Share of accepted labels the temperature fit allows to be wrong (see _fit_temperature).
+# Share of accepted labels the temperature fit allows to be wrong (see fit_temperature).
 LABEL_NOISE = 0.01
 
 
@@ -323,7 +323,8 @@ class Accumulator:
         probability = np.zeros(len(self.graph))
         if known.size:
             post = _posterior(loglik[known], taken[known], temperature)
-            probability[known] = post[np.arange(known.size), identity[known] - 1]
+            # an identity given is never impossible: floored where the exponential underflows
+            probability[known] = np.maximum(post[np.arange(known.size), identity[known] - 1], MIN_PROBABILITY)
         return probability, temperature
 
 

@@ -37,6 +37,8 @@ MAX_FEATURE_WIDTH = 48
 # Log-probabilities are floored here: one image that the model finds impossible for an identity
 # (numerically -inf) must not veto that identity for a whole fragment.
 LOG_PROBABILITY_FLOOR = -30.0
+# The smallest probability of an identity that was given to a fragment (0 would say "impossible").
+MIN_PROBABILITY = 1e-6
 
 
 @dataclass(frozen=True)

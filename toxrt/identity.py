@@ -11,7 +11,7 @@ import logging
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .appearance import ModelSnapshot
+from .appearance import MIN_PROBABILITY, ModelSnapshot
 from .config import IdentityConfig
 from .errors import ConfigError
 from .similarity import HU_COUNT, _level_table, _share, _similarity_batched, shape_code, standardise_histograms
@@ -338,7 +338,8 @@ class LiveIdentities:
         events = []
         old_identity = self._identity[slots].copy()
         self._identity[slots] = new_identity
-        self._prob[slots] = probability
+        # an identity given is never impossible (the share or the posterior can underflow to 0)
+        self._prob[slots] = np.where(new_identity > 0, np.maximum(probability, MIN_PROBABILITY), 0.0)
         for r in np.flatnonzero(old_identity != new_identity):
             slot, new = int(slots[r]), int(new_identity[r])
             events.append(IdentityEvent(frame_index, int(self._frag_id[slot]), int(old_identity[r]), new,
