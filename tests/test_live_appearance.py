@@ -66,3 +66,29 @@ def test_the_learner_learns_in_a_child_process_and_the_frame_loop_never_waits_fo
     finally:
         learner.close()
     assert learner.snapshot() is not None and learner.stats.trainings >= 1
+
+
+def test_the_learner_process_leaves_with_its_tracker_and_never_reruns_the_callers_script(tmp_path):
+    """A script without a main guard starts a learner and dies as after kill -9: the script is not
+    run again in the learner, and the learner leaves once its parent is gone."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import os\n"
+        "from toxrt.appearance import FeatureShape\n"
+        "from toxrt.config import AppearanceConfig\n"
+        "from toxrt.live_appearance import LiveAppearance\n"
+        "learner = LiveAppearance(AppearanceConfig(), FeatureShape(16, 0.4), 3, 25)\n"
+        "print(learner._process.pid, flush=True)\n"
+        "os._exit(0)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "RuntimeError" not in done.stderr  # the script was not imported again by the child
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{pid}"), "the learner outlived its tracker"

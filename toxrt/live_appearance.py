@@ -29,6 +29,7 @@ import dataclasses
 import logging
 import os
 import queue
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,7 +117,7 @@ class LiveAppearance:
         self._outbox = context.Queue()
         self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
                                                              self._outbox), name="toxrt-appearance", daemon=True)
-        self._process.start()
+        _start_without_main(self._process)
         # Leaving must never wait for frames the learner did not take (it may have died).
         self._inbox.cancel_join_thread()
         self._observed = 0
@@ -176,16 +177,44 @@ class LiveAppearance:
             self.stats = dataclasses.replace(stats, dropped_frames=self.stats.dropped_frames)
 
 
+def _start_without_main(process) -> None:
+    """Start a spawned process without it importing the caller's main script.
+
+    A spawned child normally imports ``__main__`` again (to find functions defined there); the
+    learner needs nothing from it, and a user's script that tracks at module level, without an
+    ``if __name__ == "__main__":`` guard, would otherwise start tracking again in the child.
+    """
+    main = sys.modules.get("__main__")
+    hidden = {key: getattr(main, key) for key in ("__file__", "__spec__") if main is not None and hasattr(main, key)}
+    try:
+        if "__file__" in hidden:
+            del main.__file__
+        if "__spec__" in hidden:
+            main.__spec__ = None  # multiprocessing reads it, so it must exist
+        process.start()
+    finally:
+        for key, value in hidden.items():
+            setattr(main, key, value)
+
+
 def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma: no cover - child process
     try:  # the learner must not take the frame loop's core
         os.nice(10)
     except OSError:
         pass
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
     with threadpool_limits(limits=1, user_api="blas"):
         learner = AppearanceLearner(cfg, shape, number_of_animals, fps)
         published = None
         while True:
-            observation = inbox.get()
+            try:
+                observation = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():  # the tracker was killed: leave too
+                    return
+                continue
             if observation is None:
                 break
             try:
