@@ -27,9 +27,12 @@ model of ``appearance.py`` instead of a network:
 6. **Honest probabilities.** Each fragment's probability comes from a model that was not trained
    on it (``folds``-fold cross-fitting over fragments). Image log-probabilities are summed over the
    fragment and divided by a temperature fitted on the held-out accepted fragments, because the
-   images of one fragment are far from independent. The estimated accuracy is the image-weighted
-   mean of these probabilities over the identified images. (A model cannot see its own consistent
-   mistakes; on zebrafish14 the estimate is 1.2 points above the measured accuracy.)
+   images of one fragment are far from independent. An accepted fragment's probability leaves out
+   the identities of its coexisting fragments; a residual one keeps its appearance-alone
+   probability (the neighbours that forced it may be wrong). The estimated accuracy is the
+   image-weighted mean of these probabilities over the identified images. A model cannot see its
+   own consistent mistakes: where appearance alone names fewer than half of the images, a warning
+   says so (docs/identity.md has the measured calibration).
 
 Everything is deterministic: no random draw is made. The input is plain arrays
 (:class:`FragmentGraph`, features grouped by fragment), so the live learner and ``toxrt refine``
