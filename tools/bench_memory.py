@@ -1,13 +1,15 @@
 """Memory of a long live session: resident memory after 1,000 frames and after 100,000.
 
 Runs the whole live session (segmentation, linking, live identities, recording to disk) on a
-simulated arena and reads the process's resident set size (VmRSS) at the checkpoints.
+simulated arena and reads the resident set size (VmRSS) of the process and of its children (the
+live appearance learner runs in one) at the checkpoints.
 
     .venv/bin/python tools/bench_memory.py --animals 20 --frames 100000
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -16,12 +18,25 @@ from toxrt.session import run_session
 from toxrt.synthetic import SimulatedArena
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
+def rss_mb(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+def children_rss_mb() -> float:
+    """Resident memory of this process's children (the live appearance learner)."""
+    total = 0.0
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as handle:
+            for pid in handle.read().split():
+                try:
+                    total += rss_mb(pid)
+                except (OSError, RuntimeError):
+                    pass  # it just ended
+    return total
 
 
 def main() -> None:
@@ -45,8 +60,10 @@ def main() -> None:
     def on_frame(result) -> None:
         count = result.frame_index + 1
         if count in checkpoints:
-            marks[count] = rss_mb()
-            print(f"frame {count:>7}: RSS {marks[count]:8.1f} MB  ({time.perf_counter() - started:6.0f} s)", flush=True)
+            own, learner = rss_mb(), children_rss_mb()
+            marks[count] = own + learner
+            print(f"frame {count:>7}: RSS {marks[count]:8.1f} MB (tracker {own:.1f}, learner {learner:.1f}) "
+                  f"({time.perf_counter() - started:6.0f} s)", flush=True)
 
     summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
     first, last = marks[checkpoints[0]], marks[checkpoints[-1]]

@@ -21,6 +21,8 @@ from .offline.dataset import FragmentTable, build_fragment_table, global_fragmen
 log = logging.getLogger(__name__)
 
 READ_BLOCK_IMAGES = 8192  # identification images read and converted at a time (bounded memory)
+MAX_FEATURE_BYTES = 256 * 2**20  # identity features of a whole session held at once
+MIN_IMAGES_PER_FRAGMENT = 8
 
 
 @dataclass
@@ -64,11 +66,20 @@ def fragment_graph(table: FragmentTable, blobs: np.ndarray, number_of_animals: i
 
 def session_features(session, table: FragmentTable, shape: FeatureShape, per_fragment: int
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32 (R, d), fragment int64 (R,)) of up to ``per_fragment`` images per fragment."""
+    """(features float16 (R, d), fragment int64 (R,)) of up to ``per_fragment`` images per fragment.
+
+    Grey levels 0..255 keep 0.1 of a level in float16. A long session with many fragments scores
+    fewer images of each (at least ``MIN_IMAGES_PER_FRAGMENT``) so that the features stay within
+    ``MAX_FEATURE_BYTES``.
+    """
+    budget = max(MIN_IMAGES_PER_FRAGMENT, MAX_FEATURE_BYTES // (2 * shape.size * max(len(table), 1)))
+    per_fragment = min(per_fragment, budget) if per_fragment > 0 else budget
+    if per_fragment < 64:
+        log.info("%d fragments: at most %d images of each are scored", len(table), per_fragment)
     picks = spread_rows(table.n_images, per_fragment)
     rows = table.rows[picks]
     fragment = table.fragment_of_image()[picks]
-    features = np.empty((rows.size, shape.size), np.float32)
+    features = np.empty((rows.size, shape.size), np.float16)
     for lo in range(0, rows.size, READ_BLOCK_IMAGES):
         features[lo:lo + READ_BLOCK_IMAGES] = identity_features(session.crops(rows[lo:lo + READ_BLOCK_IMAGES]), shape)
     return features, fragment
