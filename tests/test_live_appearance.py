@@ -92,3 +92,22 @@ def test_the_learner_process_leaves_with_its_tracker_and_never_reruns_the_caller
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not os.path.exists(f"/proc/{pid}"), "the learner outlived its tracker"
+
+
+def test_an_animal_hidden_at_first_is_opened_when_it_is_met_beside_all_the_others():
+    """For 100 frames one of 4 animals is inside a crossing (no frame shows all apart): the 3 seen
+    apart seed the model; once all 4 are apart, the fourth is opened with its live identity."""
+    rng = np.random.default_rng(4)
+    n = 4
+    centres = rng.normal(0, 1, (n, SHAPE.size)).astype(np.float32) * 3
+    learner = LiveAppearance(AppearanceConfig(live_retrain_interval_s=1.0), SHAPE, n, fps=25, synchronous=True)
+    for t in range(300):
+        animals = np.arange(1, n) if t < 100 else np.arange(n)
+        fragment = animals + n * (t // 100)  # each 100-frame block: new fragments
+        features = centres[animals] + rng.normal(0, 1, (animals.size, SHAPE.size)).astype(np.float32)
+        learner.observe(Observation(t, fragment.astype(np.int64), features, (animals + 1).astype(np.int32),
+                                    animals.size == n))
+    model = learner.snapshot()
+    assert model is not None and 25 <= learner.stats.seeded_at_frame < 100
+    assert sorted(model.identities.tolist()) == [1, 2, 3, 4]
+    assert all(model.accepted[f] == f % n + 1 for f in model.accepted)

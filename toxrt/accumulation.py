@@ -230,7 +230,10 @@ class Accumulator:
             p1[:, run.identity[run.accepted][0] - 1] = 1.0
             return p1
         model = self.fit(run.identity, run.accepted)
-        return self.fragment_p1(model, np.flatnonzero(~run.accepted))
+        p1 = self.fragment_p1(model, np.flatnonzero(~run.accepted))
+        # An identity no accepted fragment holds yet (seeded without a global fragment) is neither
+        # favoured nor ruled out: a new animal must not be pushed into a known identity.
+        return neutral_unseen(p1, model)
 
     def _accept(self, run: _Run) -> int:
         settings, n_images = self.settings, self.scored

@@ -231,6 +231,10 @@ class LiveIdentities:
         if model is not self._model:
             self._model, self._model_number = model, self._model_number + 1
             logger.info("appearance model %d takes over the live identities", self._model_number)
+        unseen = np.setdiff1d(np.arange(self._n), model.identities - 1)
+        if unseen.size:  # an animal the model has not met yet is neither favoured nor ruled out
+            log_proba = log_proba.copy()
+            log_proba[:, unseen] = log_proba[:, model.identities - 1].mean(axis=1, keepdims=True)
         stale = self._evidence_model[slots] != self._model_number
         self._evidence[slots[stale]] = 0.0
         self._evidence_count[slots[stale]] = 0

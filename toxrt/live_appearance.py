@@ -50,6 +50,7 @@ MAX_PENDING_BYTES = 64 * 2**20
 LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
+SEED_PARTIAL_AFTER_RETRAINS = 2  # without a global fragment by then, the largest group seeds
 
 
 @dataclass
@@ -244,6 +245,7 @@ class AppearanceLearner:
         self._pool_fragment = np.full((self.n, cfg.live_images_per_identity), -1, np.int64)
         self._last_frame = -1
         self._next_training = 0
+        self._largest_group: tuple[int, ...] = ()
 
     def ingest(self, obs: Observation) -> None:
         self._last_frame = obs.frame
@@ -263,6 +265,9 @@ class AppearanceLearner:
                 record.live_identity = int(obs.identity[k])
         if obs.all_apart and obs.fragment.size == self.n:
             self._global_sets.setdefault(tuple(sorted(obs.fragment.tolist())), obs.frame)
+        elif obs.fragment.size >= 2 and (obs.fragment.size > len(self._largest_group) or any(
+                f not in self._fragments for f in self._largest_group)):
+            self._largest_group = tuple(sorted(obs.fragment.tolist()))  # seeds when no frame shows all
         # Until the first model, every frame that completes a global fragment may seed it.
         due = obs.frame >= self._next_training or (self.snapshot is None and obs.all_apart)
         if due:
@@ -286,6 +291,13 @@ class AppearanceLearner:
             shortest = min(len(self._fragments[f].images) for f in members)
             if shortest >= self.cfg.min_images and shortest > best_len:
                 best, best_len = members, shortest
+        if best is None and self._last_frame >= SEED_PARTIAL_AFTER_RETRAINS * self.retrain_frames:
+            # A crowded arena may never show every animal apart: the most animals seen apart seed,
+            # and the others are opened as they are met (``_open_identities``).
+            group = [f for f in self._largest_group if f in self._fragments]
+            if len(group) >= 2 and min(len(self._fragments[f].images) for f in group) >= self.cfg.min_images:
+                best = tuple(group)
+                log.info("no frame showed all %d animals apart: seeding from %d", self.n, len(best))
         if best is None:
             return False
         live = [self._fragments[f].live_identity for f in best]
@@ -379,7 +391,25 @@ class AppearanceLearner:
             if p2.max() > 0 and certainty(p2, len(self._fragments[f].images)) >= self.cfg.certainty:
                 self._accept(f, int(p2.argmax()) + 1)
                 accepted += 1
-        return accepted
+        return accepted + self._open_identities(open_ids)
+
+    def _open_identities(self, open_ids: list[int]) -> int:
+        """A fragment that coexists with accepted fragments of every identity the model knows is
+        another animal: it is accepted with its live identity, if the model does not know that one."""
+        known = set(np.flatnonzero(self._pool_count > 0) + 1)
+        if len(known) >= self.n:
+            return 0
+        start, end, label = self._labelled
+        opened = 0
+        for f in open_ids:
+            me = self._fragments[f]
+            beside = set(label[(start <= me.end) & (end >= me.start)].tolist())
+            if me.label == 0 and known <= beside and 0 < me.live_identity <= self.n and me.live_identity not in known:
+                self._accept(f, me.live_identity)
+                known.add(me.live_identity)
+                start, end, label = self._labelled
+                opened += 1
+        return opened
 
     def _p2(self, p1: np.ndarray, f: int) -> np.ndarray:
         """p1 without the identities of accepted fragments that coexist with f, renormalised."""
