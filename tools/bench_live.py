@@ -47,6 +47,8 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
     tracker = LiveTracker(config, setup)
     if pinned is not None:
         os.sched_setaffinity(0, pinned)
+    if tracker.learner is not None:
+        tracker.learner.wait_until_ready()  # as run_session does before its frame loop
     times = np.empty(len(images))
     stages = np.empty((len(images), 3))  # segmentation, linking, identities (stage by stage)
     found = 0

@@ -30,6 +30,7 @@ import logging
 import os
 import queue
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ FORGET_AFTER_RETRAINS = 5  # an ended, unaccepted fragment stays a candidate thi
 MAX_PENDING_FRAMES = 2000
 MIN_PENDING_FRAMES = 50
 MAX_PENDING_BYTES = 64 * 2**20
+READY = "ready"  # the learner process's first message
 LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
@@ -118,6 +120,7 @@ class LiveAppearance:
         self._outbox = context.Queue()
         self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
                                                              self._outbox), name="toxrt-appearance", daemon=True)
+        self._ready = False
         _start_without_main(self._process)
         # Leaving must never wait for frames the learner did not take (it may have died).
         self._inbox.cancel_join_thread()
@@ -142,6 +145,19 @@ class LiveAppearance:
         except queue.Full:
             self.stats.dropped_frames += 1
 
+    def wait_until_ready(self, timeout_s: float = 30.0) -> bool:
+        """Wait (before the frame loop starts) until the learner process has started; False on timeout.
+
+        Starting takes about a second of imports on an idle machine, more under load; a session
+        waits here so that the first frames are learned from like the others.
+        """
+        if self._process is None or self._ready:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while not self._ready and time.monotonic() < deadline and self._process.is_alive():
+            self._receive(block=True, timeout_s=min(0.5, max(0.0, deadline - time.monotonic())), until_ready=True)
+        return self._ready
+
     def snapshot(self) -> ModelSnapshot | None:
         """The latest trained model, or None before the first global fragment."""
         if self._process is not None:
@@ -163,15 +179,21 @@ class LiveAppearance:
             self._process.terminate()
         self._process = None
 
-    def _receive(self, block: bool) -> None:
-        """Take what the learner sent: (model or None, stats) pairs, the last one wins."""
+    def _receive(self, block: bool, timeout_s: float = 30.0, until_ready: bool = False) -> None:
+        """Take what the learner sent: READY, then (model or None, stats) pairs (the last one wins),
+        then None."""
         while True:
             try:
-                item = self._outbox.get(block=block, timeout=30 if block else None)
+                item = self._outbox.get(block=block, timeout=timeout_s if block else None)
             except (queue.Empty, EOFError, OSError):
                 return
             if item is None:  # the learner's last word
                 return
+            if item == READY:
+                self._ready = True
+                if until_ready:
+                    return
+                continue
             model, stats = item
             if model is not None:
                 self._snapshot = model
@@ -208,6 +230,8 @@ def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma
     parent = multiprocessing.parent_process()
     with threadpool_limits(limits=1, user_api="blas"):
         learner = AppearanceLearner(cfg, shape, number_of_animals, fps)
+        import sklearn.covariance  # noqa: F401 - the first fit's import, paid before READY
+        outbox.put(READY)
         published = None
         while True:
             try:

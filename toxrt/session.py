@@ -108,6 +108,8 @@ def run_session(
         if first:  # before the replay clock starts: one-time costs must not cost frames
             warm_up(config, setup, first[0])
         tracker = LiveTracker(config, setup)
+        if tracker.learner is not None and not tracker.learner.wait_until_ready():
+            log.warning("the live appearance learner is slow to start; the first frames are tracked without it")
         if hasattr(source, "work_ahead"):  # a file: its reader thread may also detect
             source.work_ahead(tracker.detector())
         loop = _run_loop(source, tracker, writer, link, progress, stop, on_frame)
