@@ -221,10 +221,13 @@ def _start_without_main(process) -> None:
 
 
 def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma: no cover - child process
-    try:  # the learner must not take the frame loop's core
-        os.nice(10)
-    except OSError:
-        pass
+    try:  # the learner runs only on a core that nothing else wants (Linux), else at low priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
     import multiprocessing
 
     parent = multiprocessing.parent_process()
