@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from toxrt.batch import (DONE, FAILED, SKIPPED, Job, limited_threads, plan_jobs, run_job, session_names,
+from toxrt.batch import (DONE, FAILED, SKIPPED, limited_threads, plan_jobs, run_job, session_names,
                          table_lines, write_table)
 from toxrt.batch_cluster import machine_cores, run_on_dask, start_cluster, threads_per_task
 from toxrt.config import build_config
@@ -273,7 +273,7 @@ def test_batch_command_on_an_existing_dask_cluster(tmp_path):
                        "--workers", "1", "--output-dir", str(tmp_path / "out"), "--quiet")
         assert result.returncode == 1, result.stderr  # one video failed
         assert "Traceback" not in result.stderr
-        assert f"threads per task" in result.stderr and "1 workers" in result.stderr
+        assert "threads per task" in result.stderr and "1 workers" in result.stderr
         with open(tmp_path / "out" / "batch_results.csv") as handle:
             rows = {Path(r["video"]).parent.name: r for r in csv.DictReader(handle)}
         assert [rows[v]["status"] for v in ("v0", "v1", "v2")] == ["done", "done", "failed"]

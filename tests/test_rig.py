@@ -55,9 +55,9 @@ def camera_table(name: str, source: str, pub: int, marker: int) -> str:
 
 def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscriber(tmp_path):
     write_params(tmp_path, frames=5000)  # the simulated camera runs until the rig stops it
-    replay = write_simulation(tmp_path / "recorded", build_config(
+    write_simulation(tmp_path / "recorded", build_config(
         {"number_of_animals": ANIMALS, "sim": {"frames": 50, "width": 160, "height": 120, "seed": 2}}).sim,
-        ANIMALS)["video"]
+        ANIMALS)  # the replayed camera's video
     ports = free_ports(6)
     (tmp_path / "rig.toml").write_text(
         'params = "params.toml"\n' + camera_table("left", "sim:left", *ports[0:2])

@@ -11,11 +11,16 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .errors import SessionError
 from .metrics import load_predicted
 from .types import Status
+
+if TYPE_CHECKING:
+    from .config import Config
 
 MISSING = -1
 

@@ -32,7 +32,7 @@ from typing import Any, Sequence, TextIO
 import zmq
 
 from .config import load_config
-from .errors import ConfigError, ToxrtError
+from .errors import ConfigError
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 CAMERA_KEYS = ("name", "source", "params", "publish_address", "marker_address")
