@@ -19,6 +19,11 @@ from .types import IdentityEvent
 
 logger = logging.getLogger(__name__)
 
+# A new fragment whose model posterior already reaches this (among the identities no other alive
+# fragment holds) is named before decision_samples images: 99%, the accumulation's bar for a
+# global fragment.
+EARLY_DECISION_PROBABILITY = 0.99
+
 
 class LiveIdentities:
     """Identities 1..N for the fragments of a live session, decided without looking ahead.
@@ -360,7 +365,8 @@ class LiveIdentities:
 
         Each fragment's identity posterior is the softmax of its summed image log-probabilities
         divided by the model's temperature. Whenever a fragment is due (new with
-        ``decision_samples`` images under this model, or due for revision), every alive fragment
+        ``decision_samples`` images under this model or an already decisive posterior, or due for
+        revision), every alive fragment
         with evidence takes part in one Hungarian assignment that maximises the summed log
         posterior; a holder without evidence yet (the model just changed) keeps its identity.
         Probability: the posterior of the chosen identity among those that no other alive
@@ -371,7 +377,16 @@ class LiveIdentities:
         current = self._evidence_model[:cap] == self._model_number
         evidence = in_use & current & (self._evidence_count[:cap] > 0)
         held = in_use & (identity > 0)
+        # A new fragment is named after decision_samples images, or sooner when its evidence is
+        # already decisive among the identities no other alive fragment holds.
         enough = evidence & (self._evidence_count[:cap] >= cfg.decision_samples)
+        pending = np.flatnonzero(evidence & (identity == 0) & ~enough)
+        if pending.size:
+            z = self._evidence[pending] / self._model.temperature
+            z[:, identity[held] - 1] = -np.inf
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            enough[pending] = p.max(axis=1) / p.sum(axis=1) >= EARLY_DECISION_PROBABILITY
         due = (held & (self._next_revision[:cap] <= frame_index)) | (in_use & (identity == 0) & enough)
         if not (due & evidence).any():
             return []
