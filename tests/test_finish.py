@@ -142,8 +142,12 @@ FULL_DISK = textwrap.dedent("""
 def test_a_full_disk_ends_with_one_clean_line_and_no_traceback(tmp_path):
     params = arena_params(tmp_path, frames=300, realtime=False)
     # 1. the disk fills while recording (the identification images outgrow it first)
-    result = subprocess.run([sys.executable, "-c", FULL_DISK, "200000", "track", "--load", str(params), "--quiet"],
-                            capture_output=True, text=True, env=ENV, timeout=300)
+    # The file-size limit that stands for a full disk binds every file the process and its children
+    # write, the learner process's caches and semaphores too, which a full data disk would not:
+    # the live learner stays off here (its own tests are in test_live_appearance.py).
+    no_learner = ["--appearance.live", "false"]
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, "200000", "track", "--load", str(params), "--quiet",
+                             *no_learner], capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("toxrt: error:")
     assert "File too large" in result.stderr.strip().splitlines()[-1]
@@ -151,7 +155,7 @@ def test_a_full_disk_ends_with_one_clean_line_and_no_traceback(tmp_path):
     # session is not complete, and the error says what to do
     params = arena_params(tmp_path, frames=300, realtime=True)
     result = subprocess.run([sys.executable, "-c", FULL_DISK, "20000", "track", "--load", str(params), "--quiet",
-                             "--overwrite", "--recording.identification_images", "false"],
+                             "--overwrite", "--recording.identification_images", "false", *no_learner],
                             capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "cannot write the trajectories" in result.stderr and "toxrt finish" in result.stderr

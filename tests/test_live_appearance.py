@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 
@@ -63,8 +64,11 @@ def test_the_learner_learns_in_a_child_process_and_the_frame_loop_never_waits_fo
             learner.observe(observation)  # returns at once although nobody takes the frames
         assert learner.stats.dropped_frames >= 200 - 100  # the queue took what it could
         os.kill(learner._process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60  # the learner catches up with its queue in its own time
+        while learner.snapshot() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
     finally:
-        learner.close()
+        learner.close()  # stops at once, whatever is still queued
     assert learner.snapshot() is not None and learner.stats.trainings >= 1
 
 

@@ -381,9 +381,9 @@ class LiveIdentities:
         # already decisive among the identities no other alive fragment holds.
         enough = evidence & (self._evidence_count[:cap] >= cfg.decision_samples)
         pending = np.flatnonzero(evidence & (identity == 0) & ~enough)
-        if pending.size:
-            z = self._evidence[pending] / self._model.temperature
-            z[:, identity[held] - 1] = -np.inf
+        free = np.setdiff1d(np.arange(self._n), identity[held] - 1)
+        if pending.size and free.size:
+            z = self._evidence[np.ix_(pending, free)] / self._model.temperature
             z -= z.max(axis=1, keepdims=True)
             p = np.exp(z)
             enough[pending] = p.max(axis=1) / p.sum(axis=1) >= EARLY_DECISION_PROBABILITY

@@ -49,6 +49,7 @@ MAX_PENDING_FRAMES = 2000
 MIN_PENDING_FRAMES = 50
 MAX_PENDING_BYTES = 64 * 2**20
 READY = "ready"  # the learner process's first message
+CLOSE_TIMEOUT_S = 5.0  # the longest close() waits for the learner's last word, then for it to exit
 LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
@@ -118,8 +119,10 @@ class LiveAppearance:
         self.capacity = int(np.clip(MAX_PENDING_BYTES // frame_bytes, MIN_PENDING_FRAMES, MAX_PENDING_FRAMES))
         self._inbox = context.Queue(maxsize=self.capacity)
         self._outbox = context.Queue()
+        self._stop = context.Event()
         self._process = context.Process(target=_serve, args=(cfg, shape, number_of_animals, fps, self._inbox,
-                                                             self._outbox), name="toxrt-appearance", daemon=True)
+                                                             self._outbox, self._stop),
+                                        name="toxrt-appearance", daemon=True)
         self._ready = False
         _start_without_main(self._process)
         # Leaving must never wait for frames the learner did not take (it may have died).
@@ -165,19 +168,24 @@ class LiveAppearance:
         return self._snapshot
 
     def close(self) -> None:
-        """Stop the learner (its last model is kept); safe to call more than once."""
+        """Stop the learner at once (its last model is kept, frames still queued are not learned
+        from); safe to call more than once. Never waits more than ``CLOSE_TIMEOUT_S``."""
         if self._process is None:
             return
         if self._process.is_alive():
+            self._stop.set()
             try:
-                self._inbox.put(None, timeout=5)
+                self._inbox.put_nowait(None)
             except queue.Full:
                 pass
-            self._receive(block=True)
-            self._process.join(timeout=10)
-        if self._process.is_alive():
+            self._receive(block=True, timeout_s=CLOSE_TIMEOUT_S)
+            self._process.join(timeout=CLOSE_TIMEOUT_S)
+        if self._process.is_alive():  # starved (it runs only on idle cores) or stuck: no more waiting
             self._process.terminate()
+            self._process.join(timeout=CLOSE_TIMEOUT_S)
         self._process = None
+        for channel in (self._inbox, self._outbox):  # their pipes and semaphores go now, not at exit
+            channel.close()
 
     def _receive(self, block: bool, timeout_s: float = 30.0, until_ready: bool = False) -> None:
         """Take what the learner sent: READY, then (model or None, stats) pairs (the last one wins),
@@ -220,7 +228,7 @@ def _start_without_main(process) -> None:
             setattr(main, key, value)
 
 
-def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma: no cover - child process
+def _serve(cfg, shape, number_of_animals, fps, inbox, outbox, stop) -> None:  # pragma: no cover - child process
     try:  # the learner runs only on a core that nothing else wants (Linux), else at low priority
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):
@@ -243,7 +251,7 @@ def _serve(cfg, shape, number_of_animals, fps, inbox, outbox) -> None:  # pragma
                 if parent is not None and not parent.is_alive():  # the tracker was killed: leave too
                     return
                 continue
-            if observation is None:
+            if observation is None or stop.is_set():
                 break
             try:
                 learner.ingest(observation)
