@@ -14,12 +14,12 @@ import pytest
 from toxrt.accumulation import FragmentGraph, accumulate, agreement, relabel_to, spread_rows
 from toxrt.appearance import AppearanceModel, FeatureShape, identity_features
 from toxrt.config import AppearanceConfig, load_config
-from toxrt.metrics import GroundTruth, evaluate, load_predicted
-from toxrt.session import run_session
+from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted
+from toxrt.tracking import run_session
 from toxrt.session_end import FRAGMENT_IDENTITIES, load_fragment_identities
 from toxrt.session_identities import identify_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import write_simulation
+from toxrt.io.session_reader import load_session
+from toxrt.sim.arena import write_simulation
 
 ANIMALS = 6
 
@@ -174,7 +174,7 @@ def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
 def test_the_live_model_takes_over_and_never_looks_ahead(tracked):
     """Results up to frame t are the same whether the video ends at t or goes on."""
     from toxrt.pipeline import LiveTracker, prepare
-    from toxrt.source import open_source
+    from toxrt.sources.files import open_source
 
     summary, _, _, config = tracked
     assert summary["live_model_trainings"] >= 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from toxrt.config import build_config, config_to_dict, to_toml
-from toxrt.synthetic import SimulatedArena
+from toxrt.sim.arena import SimulatedArena
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -90,7 +90,7 @@ def test_a_session_killed_while_tracking_is_refused_while_alive_and_finished_aft
 KILLED_WHILE_WRITING = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from toxrt import session
+    from toxrt import tracking as session
     from toxrt.config import load_config
 
     def stuck_writer(folder, *args, **kwargs):  # the first output is being written when the kill comes

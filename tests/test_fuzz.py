@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import zmq
 
-from toxrt.client import PositionClient, check_position, format_table, listen
+from toxrt.stream.client import PositionClient, check_position, format_table, listen
 from toxrt.config import Config, build_config, config_to_dict, load_config, to_toml
 from toxrt.errors import ConfigError, ToxrtError
-from toxrt.markers import MarkerReceiver, parse_marker
-from toxrt.publish import Publisher, decode, encode
-from toxrt.session import run_session, session_folder
+from toxrt.stream.markers import MarkerReceiver, parse_marker
+from toxrt.stream.publish import Publisher, decode, encode
+from toxrt.tracking import run_session, session_folder
 
 pytestmark = pytest.mark.slow
 

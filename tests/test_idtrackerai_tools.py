@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from toxrt.session_reader import load_session
+from toxrt.io.session_reader import load_session
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("idtrackerai") is None,
                                 reason="idtrackerai 6.0.14 is not installed (make .venv/.full installs it)")

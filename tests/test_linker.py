@@ -2,7 +2,7 @@
 import numpy as np
 
 from toxrt.config import LinkingConfig
-from toxrt.fragments import Linker
+from toxrt.linker import Linker
 from tests.helpers import make_blobs
 
 CFG = LinkingConfig(max_unmatched_frames=3, crossing_release_frames=5)

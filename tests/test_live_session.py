@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from toxrt.config import build_config, config_to_dict, load_config, to_toml
-from toxrt.live_source import RealtimeSource
-from toxrt.publish import SCHEMA_VERSION
-from toxrt.session_reader import load_session
-from toxrt.session import run_session, summary_lines
-from toxrt.streaming import STOP_MARKER
-from toxrt.synthetic import SimulatedArena, write_simulation
+from toxrt.sources.cameras import RealtimeSource
+from toxrt.stream.publish import SCHEMA_VERSION
+from toxrt.io.session_reader import load_session
+from toxrt.tracking import run_session, summary_lines
+from toxrt.stream.live_stream import STOP_MARKER
+from toxrt.sim.arena import SimulatedArena, write_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment", "x", "y", "heading",
@@ -38,8 +38,8 @@ POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment"
 # It prints "ready" once connect() is called; the connection itself is made when the session binds.
 PEER = r"""
 import json, sys, time, zmq
-from toxrt.markers import MarkerSender
-from toxrt.publish import decode
+from toxrt.stream.markers import MarkerSender
+from toxrt.stream.publish import decode
 mode, address = sys.argv[1], sys.argv[2]
 context = zmq.Context()
 sub = context.socket(zmq.SUB)
@@ -439,11 +439,11 @@ def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_o
 
 
 def test_the_flush_lag_reaches_status_messages_and_the_summary():
-    from toxrt.client import PositionClient
+    from toxrt.stream.client import PositionClient
     from toxrt.config import StreamingConfig
-    from toxrt.recording import WriterStats
-    from toxrt.session import summary_lines
-    from toxrt.streaming import LiveLink
+    from toxrt.io.recording import WriterStats
+    from toxrt.tracking import summary_lines
+    from toxrt.stream.live_stream import LiveLink
 
     link = LiveLink(StreamingConfig(publish_address=f"tcp://127.0.0.1:{free_port()}", marker_address=""))
     try:

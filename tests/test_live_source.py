@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SourceError
-from toxrt.live_source import CaptureSource, RealtimeSource, open_live_source, parse_live_spec
+from toxrt.sources.cameras import CaptureSource, RealtimeSource, open_live_source, parse_live_spec
 from toxrt.types import Frame
 
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from toxrt import metrics
+from toxrt.evaluation import metrics
 from toxrt.errors import SessionError, ToxrtError
-from toxrt.metrics import GroundTruth, GroundTruthError, evaluate, evaluate_session
+from toxrt.evaluation.metrics import GroundTruth, GroundTruthError, evaluate, evaluate_session
 
 BODY = 20.0  # px
 

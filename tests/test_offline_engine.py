@@ -1,6 +1,6 @@
 """End to end on a session recorded by the real live engine: scrambled live identities are recovered.
 
-The live engine (``toxrt.session.run_session``) tracks a small simulated arena and records its
+The live engine (``toxrt.tracking.run_session``) tracks a small simulated arena and records its
 session folder; the identity column of ~20 % of the individual fragments is then rewritten in the
 recorded blob chunks, and the live trajectories are rewritten from those identities (as if the live
 stage had confused those animals: refinement reads both). ``refine_session`` on that folder must
@@ -16,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from toxrt.config import build_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
+from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
-from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
+from toxrt.io.trajectory_files import assemble_trajectories, write_trajectories  # noqa: E402
 from toxrt.session_end import FRAGMENT_IDENTITIES  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.tracking import run_session  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 ANIMALS = 5
 FAST = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=300, eval_every=25,

@@ -18,7 +18,7 @@ from toxrt.types import BLOB_RECORD_DTYPE, FRAGMENT_RECORD_DTYPE
 
 @dataclass
 class FakeSession:
-    """Duck-typed stand-in for toxrt.session_reader.Session."""
+    """Duck-typed stand-in for toxrt.io.session_reader.Session."""
 
     meta: dict[str, Any]
     blobs: np.ndarray

@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 from toxrt.config import RecordingConfig  # noqa: E402
 from toxrt.errors import ConfigError, SessionError  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
-from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
+from toxrt.io.trajectory_files import assemble_trajectories, write_trajectories  # noqa: E402
+from toxrt.io.recording import SessionWriter  # noqa: E402
 from toxrt.types import Blobs, FrameResult  # noqa: E402
 
 from .test_offline_fake import FakeSession, make_fake_session  # noqa: E402

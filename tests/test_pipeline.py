@@ -5,10 +5,10 @@ import sys
 import numpy as np
 
 from toxrt.config import build_config, load_config
-from toxrt.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
-from toxrt.session import run_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import SimulatedArena, write_simulation
+from toxrt.evaluation.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
+from toxrt.tracking import run_session
+from toxrt.io.session_reader import load_session
+from toxrt.sim.arena import SimulatedArena, write_simulation
 from toxrt.types import Status
 
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from toxrt.errors import ToxrtError
-from toxrt.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode, encode_positions, event_message,
+from toxrt.stream.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode, encode_positions, event_message,
                            is_loopback_address)
 from toxrt.types import IdentityEvent, Status
 
@@ -137,7 +137,7 @@ def test_status_meter_percentiles_and_rates():
 # A subscriber in another process: prints every pos message it gets as one JSON line.
 SUBSCRIBER = r"""
 import json, sys, zmq
-from toxrt.publish import decode
+from toxrt.stream.publish import decode
 address, count = sys.argv[1], int(sys.argv[2])
 socket = zmq.Context().socket(zmq.SUB)
 socket.setsockopt(zmq.SUBSCRIBE, b"pos")

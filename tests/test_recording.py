@@ -16,8 +16,8 @@ import pytest
 
 from toxrt.config import RecordingConfig
 from toxrt.errors import SessionError
-from toxrt.recording import SessionWriter
-from toxrt.session_reader import coexisting_pairs, load_session
+from toxrt.io.recording import SessionWriter
+from toxrt.io.session_reader import coexisting_pairs, load_session
 from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
 
 BINS = 16
@@ -403,7 +403,7 @@ class SlowDiskWriter(SessionWriter):
 def test_a_slow_disk_is_measured_warned_and_loses_nothing_on_close(tmp_path, caplog):
     clock = SlowDiskClock(write_s=1.5)
     meta = {"frames_per_second": 25.0, "number_of_animals": 3}
-    with caplog.at_level("WARNING", logger="toxrt.recording"):
+    with caplog.at_level("WARNING", logger="toxrt.io.recording"):
         with SlowDiskWriter(tmp_path / "s", RecordingConfig(flush_interval_s=0.1, queue_frames=8), meta, "",
                             None, CROP, BINS, clock=clock) as writer:
             for frame in range(60):
@@ -423,7 +423,7 @@ SLOW_CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_recording import make_result, open_writer
     from toxrt.config import RecordingConfig
-    from toxrt import recording
+    from toxrt.io import recording
 
     real_write_chunk = recording.SessionWriter._write_chunk
     def slow_write_chunk(self, frames):  # a network share: every chunk takes {write_s} s
@@ -523,7 +523,7 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     """On a filesystem that cannot lock files (some network shares) the PID alone decides."""
     import errno
 
-    from toxrt import session_lock
+    from toxrt.io import session_lock
 
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")

@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 from toxrt.config import RecordingConfig  # noqa: E402
 from toxrt.errors import SessionError  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
-from toxrt.output import read_plain_npz  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
+from toxrt.io.trajectory_files import read_plain_npz  # noqa: E402
+from toxrt.io.recording import SessionWriter  # noqa: E402
 from toxrt.types import Blobs, FrameResult  # noqa: E402
 
 from .test_offline_fake import make_fake_session  # noqa: E402

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tools.headless_chromium import Chromium, find_chromium
-from toxrt.report import write_report
-from toxrt.results import open_session
+from toxrt.outputs.report import write_report
+from toxrt.outputs.results import open_session
 
 SECTIONS = ["Quality", "Session", "Trajectories over the arena", "Fragments, identities and crossings",
             "Identity probability over time", "Speed distributions", "Statistics per animal", "Tracking summary"]
@@ -68,7 +68,7 @@ def test_report_opens_in_chromium(session, tmp_path):
 
 def test_many_identities_get_a_heat_map(tmp_path):
     from tests.test_stats import make_session
-    from toxrt.report_figures import MAX_PANELS, probability_over_time
+    from toxrt.outputs.report_figures import MAX_PANELS, probability_over_time
 
     rng = np.random.default_rng(0)
     n = MAX_PANELS + 4

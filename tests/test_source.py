@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SourceError
-from toxrt.source import VideoSource
+from toxrt.sources.files import VideoSource
 
 
 def write_video(path, n_frames=30, size=(96, 64), fps=20.0):
@@ -79,7 +79,7 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
     import dataclasses
     import threading
 
-    from toxrt.source import prefetched
+    from toxrt.sources.files import prefetched
     from toxrt.types import Frame
 
     worked = threading.Event()
@@ -99,11 +99,11 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
 
 
 def test_detection_in_the_reader_gives_the_same_session(tmp_path):
-    from toxrt import source as source_module
+    from toxrt.sources import files as source_module
     from toxrt.config import load_config
-    from toxrt.session import run_session
-    from toxrt.session_reader import load_session
-    from toxrt.synthetic import write_simulation
+    from toxrt.tracking import run_session
+    from toxrt.io.session_reader import load_session
+    from toxrt.sim.arena import write_simulation
 
     sim = load_config(None, {"sim": {"frames": 80, "seed": 4, "width": 240, "height": 180,
                                      "body_length_px": 20}}).sim

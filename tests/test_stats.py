@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from toxrt.config import StatsConfig, build_config
-from toxrt.output import write_trajectories
-from toxrt.results import load_results
-from toxrt.stats import compute, nearest_neighbour_px, per_animal, write_stats
+from toxrt.io.trajectory_files import write_trajectories
+from toxrt.outputs.results import load_results
+from toxrt.outputs.stats import compute, nearest_neighbour_px, per_animal, write_stats
 
 FPS = 10.0
 

@@ -24,10 +24,10 @@ import zmq
 
 from toxrt.config import build_config
 from toxrt.errors import ToxrtError
-from toxrt.markers import MarkerSender
-from toxrt.session import run_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import SimulatedArena
+from toxrt.stream.markers import MarkerSender
+from toxrt.tracking import run_session
+from toxrt.io.session_reader import load_session
+from toxrt.sim.arena import SimulatedArena
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "tests" / "clients"

@@ -36,9 +36,9 @@ sys.path.insert(0, str(REPO))
 
 from toxrt.config import load_config  # noqa: E402
 from toxrt.errors import ToxrtError  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
+from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 try:  # the run loop moved from pipeline.py to session.py; accept either layout
-    from toxrt.session import run_session  # noqa: E402
+    from toxrt.tracking import run_session  # noqa: E402
 except ImportError:  # pragma: no cover
     from toxrt.pipeline import run_session  # noqa: E402
 
@@ -143,7 +143,7 @@ def run_dataset(dataset: Dataset, out: Path, frames: int | None, refine_method: 
     """
     import time
 
-    from toxrt.session_reader import load_session
+    from toxrt.io.session_reader import load_session
 
     # No ZeroMQ sockets: a benchmark publishes nothing and must not collide with a live session.
     overrides: dict = {"output_dir": str(out), "streaming.publish_address": "", "streaming.marker_address": "",

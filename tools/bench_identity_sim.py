@@ -10,7 +10,7 @@ the identities published frame by frame (online), of the trajectories ``toxrt tr
     .venv/bin/python tools/bench_identity_sim.py --cases 8:0.1:0 8:0.3:0 --frames 1500
 
 A case is ``animals:appearance_spread:seed``; ``appearance_spread`` 0 makes identical animals,
-1 clearly different ones (toxrt.synthetic.draw_appearance).
+1 clearly different ones (toxrt.sim.arena.draw_appearance).
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from bench_accuracy import online_trajectories  # noqa: E402
 from toxrt.config import build_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
+from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.tracking import run_session  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 DEFAULT_CASES = ["8:0.1:0", "8:0.3:0", "8:0.1:1", "8:0.3:2", "4:0.1:3", "14:0.3:4", "8:0.0:5"]
 

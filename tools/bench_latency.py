@@ -41,14 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toxrt.config import Config, build_config, config_to_dict, to_toml  # noqa: E402
-from toxrt.live_source import RealtimeSource  # noqa: E402
+from toxrt.sources.cameras import RealtimeSource  # noqa: E402
 from toxrt.pipeline import LiveTracker, prepare  # noqa: E402
-from toxrt.publish import TOPIC_POS  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.session import _run_loop  # noqa: E402
-from toxrt.source import SimulatedSource  # noqa: E402
-from toxrt.streaming import LiveLink  # noqa: E402
+from toxrt.stream.publish import TOPIC_POS  # noqa: E402
+from toxrt.io.recording import SessionWriter  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.tracking import _run_loop  # noqa: E402
+from toxrt.sources.files import SimulatedSource  # noqa: E402
+from toxrt.stream.live_stream import LiveLink  # noqa: E402
 from toxrt.types import Frame  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -204,7 +204,7 @@ def measure_video(params: Path, fps: float, frames: int) -> dict:
     """``frames`` frames of the video replayed at ``fps`` through ``run_session``, a subscriber
     process receiving; latency percentiles in ms and where frames were lost."""
     from toxrt.config import load_config
-    from toxrt.session import run_session
+    from toxrt.tracking import run_session
 
     with tempfile.TemporaryDirectory(prefix="toxrt-bench-") as scratch:
         out = Path(scratch) / "received.npy"

@@ -14,8 +14,8 @@ import tempfile
 import time
 
 from toxrt.config import build_config
-from toxrt.session import run_session
-from toxrt.synthetic import SimulatedArena
+from toxrt.tracking import run_session
+from toxrt.sim.arena import SimulatedArena
 
 
 def rss_mb(pid: int | str = "self") -> float:

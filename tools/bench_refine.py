@@ -1,6 +1,6 @@
 """Offline refinement benchmark: time, peak memory and identity accuracy before and after.
 
-For each case the live engine tracks the video (``toxrt.session.run_session``, no ZeroMQ), the live
+For each case the live engine tracks the video (``toxrt.tracking.run_session``, no ZeroMQ), the live
 trajectories are evaluated, then ``toxrt.offline.refine.refine_session`` runs in a child process
 (so that its peak resident memory, ``VmHWM`` of ``/proc/self/status``, is the refinement's alone:
 torch, the network, the embeddings, K-means) and the refined trajectories are evaluated against the
@@ -44,9 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toxrt.config import build_config, load_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
+from toxrt.tracking import run_session  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
 PARAMS = REPO / "tools" / "datasets"

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from toxrt.config import build_config  # noqa: E402
 from toxrt.offline.refine import OFFLINE_DIR  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.tracking import run_session  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 TOXRT = [sys.executable, "-m", "toxrt"]
 

@@ -56,7 +56,7 @@ def plan_jobs(params: Sequence[str], videos: str | None = None,
     video. ``output_dir`` replaces every job's ``output_dir``. Two jobs writing one session folder,
     a glob matching nothing or a template that does not load are errors (ConfigError).
     """
-    from .session import session_folder
+    from .tracking import session_folder
 
     if not params:
         raise ConfigError("toxrt batch: give at least one parameter file")
@@ -89,7 +89,7 @@ def plan_jobs(params: Sequence[str], videos: str | None = None,
 def _offline(config: Config, params: str) -> Config:
     """Recordings only; no publishing or marker sockets (tasks sharing a machine would fight over
     the ports, and nobody listens to a batch)."""
-    from .live_source import is_live_spec
+    from .sources.cameras import is_live_spec
 
     live = [v for v in config.video_paths if is_live_spec(v)]
     if live:
@@ -102,7 +102,7 @@ def _offline(config: Config, params: str) -> Config:
 def session_names(paths: Sequence[str]) -> list[str]:
     """Each video's file name without suffix, or, when two share one (day1/cam.avi, day2/cam.avi),
     its path below the videos' common folder with ``_`` for ``/`` (day1_cam, day2_cam)."""
-    from .source import video_name
+    from .sources.files import video_name
 
     stems = [video_name(Config(video_paths=[p])) for p in paths]
     if len(set(stems)) == len(stems):
@@ -198,8 +198,8 @@ def run_job(job: Job, refine: bool = False, threads: int = 1,
 
 
 def _track(job: Job, report) -> dict:
-    from .session import run_session
-    from .source import open_source
+    from .tracking import run_session
+    from .sources.files import open_source
 
     on_frame = None
     if report is not None:

@@ -63,7 +63,7 @@ def _overrides(extra: list[str]) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
-    from .session import summary_lines
+    from .tracking import summary_lines
 
     print("\n".join(summary_lines(summary)))
 
@@ -91,7 +91,7 @@ def _stop_on_signals() -> None:
 
 
 def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
-    from .session import run_session
+    from .tracking import run_session
 
     overrides = _overrides(extra)
     if isinstance(overrides.get("video_paths"), str):  # --video_paths fish.mp4: one video
@@ -109,7 +109,7 @@ def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _several_live_sources(video_paths: list[str]) -> list[str]:
-    from .live_source import is_live_spec
+    from .sources.cameras import is_live_spec
 
     return video_paths if len(video_paths) > 1 and all(is_live_spec(p) for p in video_paths) else []
 
@@ -117,9 +117,9 @@ def _several_live_sources(video_paths: list[str]) -> list[str]:
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     import numpy as np
 
-    from .metrics import GroundTruth, evaluate, load_predicted
-    from .session import run_session
-    from .synthetic import SimulatedArena
+    from .evaluation.metrics import GroundTruth, evaluate, load_predicted
+    from .tracking import run_session
+    from .sim.arena import SimulatedArena
 
     values = {
         "name": "demo",
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .synthetic import write_simulation
+    from .sim.arena import write_simulation
 
     sim = {"frames": args.frames, "seed": args.seed, "width": args.width, "height": args.height,
            "light_on_dark": args.light_on_dark}
@@ -165,7 +165,7 @@ def cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .metrics import evaluate_session
+    from .evaluation.metrics import evaluate_session
 
     if extra:
         raise ConfigError(f"unexpected arguments {' '.join(extra)}")
@@ -205,7 +205,7 @@ def cmd_finish(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
-    from .client import listen
+    from .stream.client import listen
 
     if extra:
         raise ConfigError(f"unexpected arguments {' '.join(extra)}")

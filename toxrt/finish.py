@@ -13,9 +13,9 @@ from pathlib import Path
 
 from .config import build_config
 from .errors import ConfigError, SessionError
-from .session import finish_session
-from .session_lock import SessionLock
-from .session_reader import load_session
+from .tracking import finish_session
+from .io.session_lock import SessionLock
+from .io.session_reader import load_session
 
 log = logging.getLogger(__name__)
 

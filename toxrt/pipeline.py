@@ -19,11 +19,11 @@ from .appearance import FeatureShape, identity_features
 from .config import Config
 from .errors import ToxrtError
 from .features import blob_shapes, estimate_animal_size, identification_image_size
-from .fragments import Linker
+from .linker import Linker
 from .identity import LiveIdentities
 from .live_appearance import LiveAppearance, Observation
 from .segment import SegmentationParams, Segmenter, compute_background, roi_mask_from_list, segment_sample_frames
-from .source import FrameSource
+from .sources.files import FrameSource
 from .types import Frame, FrameResult, Status
 
 log = logging.getLogger(__name__)

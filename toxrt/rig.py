@@ -137,7 +137,7 @@ def plan_cameras(cameras: Sequence[RigCamera], output_dir: str = "", overrides: 
 
     ``extra`` are ``toxrt track`` flags given to every camera, ``overrides`` the same parsed.
     """
-    from .session import session_folder
+    from .tracking import session_folder
 
     stamp = stamp or time.strftime("%Y%m%d_%H%M%S")
     names = [c.name for c in cameras]
@@ -232,7 +232,7 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
             refresh_s: float = 1.0, stop_timeout_s: float = 60.0) -> int:
     """Start every camera, show their status until all have ended, ``duration_s`` has passed or
     Ctrl+C / SIGTERM, then stop them. 0 when no camera failed, else 1."""
-    from .publish import TOPIC_STATUS, decode
+    from .stream.publish import TOPIC_STATUS, decode
 
     out = out or sys.stdout
     clear = "\x1b[H\x1b[J" if getattr(out, "isatty", lambda: False)() else ""

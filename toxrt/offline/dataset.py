@@ -1,7 +1,7 @@
 """Fragments, their coexistence, and identification images read on demand from a session.
 
 Everything here depends only on these attributes of a loaded session (duck typing, see
-``toxrt.session_reader.Session``):
+``toxrt.io.session_reader.Session``):
 
 ``meta``       dict with at least ``number_of_animals``
 ``blobs``      rows of ``BLOB_RECORD_DTYPE`` (one per blob per frame)

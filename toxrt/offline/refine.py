@@ -9,7 +9,7 @@ Stages, each a function call (Torrents et al. 2025, Appendix 2):
 4. image identity probabilities (inverse 7th power of the distance to each centre), one identity
    per fragment, coexisting fragments never sharing one (``assign``);
 5. trajectories with crossing gaps filled from the identities before and after
-   (``toxrt.output.assemble``), written like the live ones; the live result is kept
+   (``toxrt.io.trajectory_files.assemble``), written like the live ones; the live result is kept
    as ``trajectories_live.npy``.
 
 Usage::
@@ -367,9 +367,9 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     holds the best model).
     Raises SessionError (one line) for a folder that is not a readable session with images.
     """
-    from ..output import assemble, trajectories_dict, write_trajectories
+    from ..io.trajectory_files import assemble, trajectories_dict, write_trajectories
     from ..session_end import load_fragment_identities
-    from ..session_reader import load_session
+    from ..io.session_reader import load_session
 
     t0 = time.monotonic()
     folder = Path(session_dir)
@@ -418,7 +418,7 @@ def _live_trajectories(folder: Path) -> np.ndarray | None:
     Read from the pickle-free ``.npz`` twin of the idtracker.ai-style npy: never ``allow_pickle``,
     so a crafted file in a shared session folder cannot run code here.
     """
-    from ..output import read_plain_npz
+    from ..io.trajectory_files import read_plain_npz
 
     out = folder / "trajectories"
     for name in ("trajectories_live.npz", "trajectories.npz"):

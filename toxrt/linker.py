@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .assign import assign
+from .matching import assign
 from .config import LinkingConfig
 from .kalman import ConstantVelocityModel
 from .types import Blobs

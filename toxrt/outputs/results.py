@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import SessionError
-from .metrics import load_predicted
-from .types import Status
+from ..errors import SessionError
+from ..evaluation.metrics import load_predicted
+from ..types import Status
 
 if TYPE_CHECKING:
     from .config import Config
@@ -137,7 +137,7 @@ def _read_toml(path: Path) -> dict:
 def open_session(session_dir: str | Path, load: str | Path | None = None,
                  overrides: dict | None = None) -> tuple[Results, "Config"]:
     """Results and settings for an output tool: the session's parameters, a file, then flags."""
-    from .config import load_session_config
+    from ..config import load_session_config
 
     config = load_session_config(session_dir, load, overrides)
     return load_results(session_dir, px_per_cm=config.length_unit), config

@@ -40,12 +40,12 @@ from typing import Any, Callable, Iterable
 import cv2
 import numpy as np
 
-from . import __version__
-from .config import RecordingConfig
-from .errors import SessionError
-from .log_limit import WarningLimiter
+from .. import __version__
+from ..config import RecordingConfig
+from ..errors import SessionError
+from ..log_limit import WarningLimiter
 from .session_lock import SessionLock
-from .types import FrameResult, IdentityEvent, blob_records
+from ..types import FrameResult, IdentityEvent, blob_records
 
 log = logging.getLogger(__name__)
 

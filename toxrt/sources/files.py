@@ -22,10 +22,10 @@ from typing import Callable, Iterator, Protocol, Sequence
 import cv2
 import numpy as np
 
-from .config import Config
+from ..config import Config
 from .decode import luma_table, open_video, read_grey
-from .errors import SourceError
-from .types import Frame
+from ..errors import SourceError
+from ..types import Frame
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ class SimulatedSource:
     """The built-in simulated arena as a source; its ground truth stays available on ``arena``."""
 
     def __init__(self, config: Config):
-        from .synthetic import SimulatedArena
+        from ..sim.arena import SimulatedArena
 
         self.arena = SimulatedArena(config.sim, config.number_of_animals)
         self.width, self.height = self.arena.width, self.arena.height
@@ -311,7 +311,7 @@ def open_source(config: Config) -> FrameSource:
         return SimulatedSource(config)
     live = [p for p in paths if p.startswith("camera:") or "://" in p]
     if live:
-        from .live_source import open_live_source  # cameras and streams, with their grabbing thread
+        from .cameras import open_live_source  # cameras and streams, with their grabbing thread
 
         return open_live_source(config)
     return VideoSource(paths, config.frames_per_second, config.tracking_intervals)

@@ -13,7 +13,7 @@ never raised: no marker can end the session or stop the marker channel.
 
 Sending::
 
-    from toxrt.markers import MarkerSender
+    from toxrt.stream.markers import MarkerSender
     with MarkerSender("tcp://127.0.0.1:5557") as markers:
         markers.send("stimulus_on", zone=2)
 """
@@ -27,9 +27,9 @@ from typing import Any
 
 import zmq
 
-from .config import zmq_address_problem
-from .errors import ToxrtError
-from .log_limit import WarningLimiter
+from ..config import zmq_address_problem
+from ..errors import ToxrtError
+from ..log_limit import WarningLimiter
 from .publish import bind_socket, check_format, decode, encode, receive_until
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Live sources: cameras, network streams, and real-time replay of any frame iterator.
 
-All follow :class:`toxrt.source.FrameSource`. Frames are grabbed in a thread of their own into a
+All follow :class:`toxrt.sources.files.FrameSource`. Frames are grabbed in a thread of their own into a
 one-frame slot: when tracking falls behind, the newest frame replaces the waiting one (the tracker
 always works on the present, as with a camera) and every replaced frame is counted in ``dropped``.
 Frame indices count every grabbed frame, so a dropped frame leaves a gap in the indices that the
@@ -27,9 +27,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import cv2
 import numpy as np
 
-from .errors import SourceError
-from .source import to_grey
-from .types import Frame
+from ..errors import SourceError
+from .files import to_grey
+from ..types import Frame
 
 log = logging.getLogger(__name__)
 

@@ -48,8 +48,8 @@ import cv2
 import numpy as np
 from numba import njit
 
-from .config import SimConfig, config_to_dict, to_toml
-from .errors import ConfigError, ToxrtError
+from ..config import SimConfig, config_to_dict, to_toml
+from ..errors import ConfigError, ToxrtError
 
 logger = logging.getLogger(__name__)
 
@@ -597,7 +597,7 @@ def write_simulation(out_dir: Path, cfg: SimConfig, number_of_animals: int, prog
         "sim": config_to_dict(cfg),
     }
     paths["params"].write_text(
-        "# Written by toxrt.synthetic.write_simulation: tracks video.avi in this folder.\n" + to_toml(params))
+        "# Written by toxrt.sim.arena.write_simulation: tracks video.avi in this folder.\n" + to_toml(params))
     logger.info("wrote a simulated arena (%d frames, %d animals) to %s", arena.n_frames, number_of_animals, out_dir)
     return paths
 

@@ -23,10 +23,10 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .config import Config
-from .errors import ConfigError, SessionError, SourceError
+from ..config import Config
+from ..errors import ConfigError, SessionError, SourceError
 from .results import Results
-from .types import Status
+from ..types import Status
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +75,14 @@ def identity_colours(n: int) -> list[tuple[int, int, int]]:
 def source_frames(results: Results, config: Config, start: int, end: int) -> Iterator[np.ndarray]:
     """Grey frames [start, end) of the tracked video; the background (or grey) where it is gone."""
     if config.is_simulated:
-        from .synthetic import SimulatedArena
+        from ..sim.arena import SimulatedArena
 
         arena = SimulatedArena(config.sim, results.n_animals)
         for index in range(start, min(end, arena.n_frames)):
             yield arena.frame(index)
         return
     try:
-        from .source import VideoSource
+        from ..sources.files import VideoSource
 
         source = VideoSource(results.video_paths, results.fps, [[start, end]])
     except SourceError as exc:

@@ -52,8 +52,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .types import Status
+from .. import __version__
+from ..types import Status
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ import msgpack
 import numpy as np
 import zmq
 
-from .config import zmq_address_problem
-from .errors import ToxrtError
-from .types import FrameResult, IdentityEvent, Status
+from ..config import zmq_address_problem
+from ..errors import ToxrtError
+from ..types import FrameResult, IdentityEvent, Status
 
 log = logging.getLogger(__name__)
 

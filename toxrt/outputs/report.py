@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from . import report_figures as figures
-from .config import Config
+from ..config import Config
 from .results import Results
 from .stats import compute, per_animal, settings_text
 

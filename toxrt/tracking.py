@@ -20,14 +20,14 @@ import numpy as np
 from . import __version__
 from .config import Config, config_to_dict, to_toml
 from .errors import SessionError, ToxrtError
-from .output import assemble, idtrackerai_session_fields, write_trajectories
+from .io.trajectory_files import assemble, idtrackerai_session_fields, write_trajectories
 from .pipeline import LiveTracker, prepare, warm_up
-from .recording import SessionWriter, event_to_dict
+from .io.recording import SessionWriter, event_to_dict
 from .session_end import decide_identities, save_fragment_identities
-from .session_lock import SessionLock
-from .session_reader import load_session
-from .source import open_source, video_name
-from .streaming import LiveLink
+from .io.session_lock import SessionLock
+from .io.session_reader import load_session
+from .sources.files import open_source, video_name
+from .stream.live_stream import LiveLink
 from .types import FrameResult
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def run_session(
     """
     source = open_source(config)
     if config.streaming.realtime and not is_live(source):
-        from .live_source import RealtimeSource
+        from .sources.cameras import RealtimeSource
 
         # The replay clock starts with the first frame the loop asks for, not while prepare() runs.
         source = RealtimeSource(source, source.fps, autostart=False)

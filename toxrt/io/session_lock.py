@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import SessionError
+from ..errors import SessionError
 
 log = logging.getLogger(__name__)
 

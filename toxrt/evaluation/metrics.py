@@ -34,8 +34,8 @@ from typing import Any, Iterator, Union
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .errors import SessionError, ToxrtError
-from .extras import require
+from ..errors import SessionError, ToxrtError
+from ..extras import require
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ import warnings
 
 import numpy as np
 
-from .extras import require
+from ..extras import require
 from .results import Results
 from .stats import Kinematics
-from .types import Status
+from ..types import Status
 from .video import identity_colours
 
 DPI = 100

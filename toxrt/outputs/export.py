@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .results import Results
-from .types import Status
+from ..types import Status
 
 EXPORT_DIR = "exports"
 FORMATS = ("tidy", "sleap")

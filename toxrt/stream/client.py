@@ -18,7 +18,7 @@ What the counters mean (the same in ``PositionClient`` and ``toxrt listen``):
 
 Quick start::
 
-    from toxrt.client import PositionClient
+    from toxrt.stream.client import PositionClient
     with PositionClient("tcp://127.0.0.1:5556") as client:
         client.wait_for_frame(timeout_s=5)
         for identity, pos in client.latest().items():
@@ -37,9 +37,9 @@ from typing import Any, Iterable, Sequence, TextIO
 
 import zmq
 
-from .config import zmq_address_problem
-from .errors import ToxrtError
-from .log_limit import WarningLimiter
+from ..config import zmq_address_problem
+from ..errors import ToxrtError
+from ..log_limit import WarningLimiter
 from .publish import DEFAULT_ADDRESS, STATUS_NAMES, TOPIC_EVENT, TOPIC_POS, TOPIC_STATUS, decode, receive_until
 
 log = logging.getLogger(__name__)

@@ -30,11 +30,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .config import StatsConfig
-from .errors import ConfigError
-from .extras import require
+from ..config import StatsConfig
+from ..errors import ConfigError
+from ..extras import require
 from .results import Results
-from .segment import roi_mask_from_list
+from ..segment import roi_mask_from_list
 
 STATS_DIR = "stats"
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import StreamingConfig
-from .types import FrameResult, Status
+from ..config import StreamingConfig
+from ..types import FrameResult, Status
 
 log = logging.getLogger(__name__)
 

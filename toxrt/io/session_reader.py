@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import SessionError
+from ..errors import SessionError
 from .recording import BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, SESSION_JSON
-from .types import BLOB_RECORD_DTYPE, FRAGMENT_RECORD_DTYPE
+from ..types import BLOB_RECORD_DTYPE, FRAGMENT_RECORD_DTYPE
 
 log = logging.getLogger(__name__)
 
