@@ -21,7 +21,7 @@ from toxrt.batch import (DONE, FAILED, SKIPPED, limited_threads, plan_jobs, run_
 from toxrt.batch_cluster import machine_cores, run_on_dask, start_cluster, threads_per_task
 from toxrt.config import build_config
 from toxrt.errors import ConfigError, ToxrtError
-from toxrt.sim.arena import write_simulation
+from toxrt.sim.writer import write_simulation
 
 pytest.importorskip("distributed")  # a failure under CI=true: `make .venv/.full` installs it
 

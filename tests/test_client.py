@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toxrt.stream.client import CSV_COLUMNS, PositionClient, format_table, listen
+from toxrt.stream.listen import CSV_COLUMNS, format_table, listen
+from toxrt.stream.client import PositionClient
 from toxrt.errors import ToxrtError
 from toxrt.stream.markers import MarkerReceiver
-from toxrt.stream.publish import Publisher, encode_positions
+from toxrt.stream.publish import Publisher
+from toxrt.stream.wire import encode_positions
 
 ANY_PORT = "tcp://127.0.0.1:*"
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,7 @@ def test_listen_prints_a_table_and_writes_csv(tmp_path):
 
 
 def test_format_table_lists_identified_animals_first():
-    from toxrt.stream.publish import decode
+    from toxrt.stream.wire import decode
 
     message = decode(encode_positions(3, 3, 10.0, 10.01, **frame_arrays([5.0, 6.0, 7.0], ids=[0, 2, 1])))
     lines = format_table(message, None, missed=0, now=10.02).splitlines()
@@ -199,7 +201,7 @@ def test_lost_positions_are_counted_exactly_from_seq_gaps():
     import zmq
 
     from toxrt.stream.client import SeqCounter
-    from toxrt.stream.publish import decode
+    from toxrt.stream.wire import decode
 
     context = zmq.Context.instance()
     with Publisher(ANY_PORT, hwm=10) as publisher:

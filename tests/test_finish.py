@@ -90,7 +90,7 @@ def test_a_session_killed_while_tracking_is_refused_while_alive_and_finished_aft
 KILLED_WHILE_WRITING = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from toxrt import tracking as session
+    from toxrt import finish, tracking
     from toxrt.config import load_config
 
     def stuck_writer(folder, *args, **kwargs):  # the first output is being written when the kill comes
@@ -98,8 +98,8 @@ KILLED_WHILE_WRITING = textwrap.dedent("""
         (folder / "trajectories.npy.tmp").write_bytes(b"half a file")
         print("writing outputs", flush=True)
         time.sleep(600)
-    session.write_trajectories = stuck_writer
-    session.run_session(load_config(sys.argv[1]), progress=False)
+    finish.write_trajectories = stuck_writer
+    tracking.run_tracking(load_config(sys.argv[1]), progress=False)
 """)
 
 

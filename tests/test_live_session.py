@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 
 from toxrt.config import build_config, config_to_dict, load_config, to_toml
-from toxrt.sources.cameras import RealtimeSource
-from toxrt.stream.publish import SCHEMA_VERSION
+from toxrt.sources.realtime import IterableSource, RealtimeSource
+from toxrt.stream.wire import SCHEMA_VERSION
 from toxrt.io.session_reader import load_session
-from toxrt.tracking import run_session, summary_lines
+from toxrt.tracking import run_tracking, summary_lines
 from toxrt.stream.live_stream import STOP_MARKER
-from toxrt.sim.arena import SimulatedArena, write_simulation
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
 
 ROOT = Path(__file__).resolve().parents[1]
 POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment", "x", "y", "heading",
@@ -39,7 +40,7 @@ POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment"
 PEER = r"""
 import json, sys, time, zmq
 from toxrt.stream.markers import MarkerSender
-from toxrt.stream.publish import decode
+from toxrt.stream.wire import decode
 mode, address = sys.argv[1], sys.argv[2]
 context = zmq.Context()
 sub = context.socket(zmq.SUB)
@@ -146,7 +147,7 @@ def recorder():
 def test_a_replay_that_is_not_autostarted_waits_for_its_first_frame_to_be_asked_for():
     # What a session needs so that its setup (background, writer, sockets) costs no frame of a file.
     images = [np.full((4, 4), k, np.uint8) for k in range(5)]
-    source = RealtimeSource(images, fps=2.0, autostart=False)  # frame 1 is due half a second after 0
+    source = RealtimeSource(IterableSource(images), fps=2.0, autostart=False)  # frame 1 is due half a second after 0
     try:
         time.sleep(0.05)  # an autostarted replay would have released frame 0 by now
         assert source.grabbed == 0 and source.dropped == 0
@@ -162,7 +163,7 @@ def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path
     try:
         assert peer.ready.wait(20)
         tracked, on_frame = recorder()
-        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
         messages = peer.messages()
     finally:
         peer.stop()
@@ -203,7 +204,7 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_engine(tmp_path):
             if peer is not None:
                 assert peer.ready.wait(20)
             tracked, on_frame = recorder()
-            runs[stalled] = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+            runs[stalled] = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
             # Capture -> tracked, published and queued for recording, per frame.
             runs[stalled]["loop_ms_p50"] = float(np.median([done - cap for _, cap, done in tracked]) * 1e3)
         finally:
@@ -225,7 +226,7 @@ def test_markers_from_a_stimulus_process_are_recorded_and_a_stop_marker_ends_the
     try:
         assert peer.ready.wait(20)
         tracked, on_frame = recorder()
-        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
         peer.messages()
     finally:
         peer.stop()
@@ -309,7 +310,7 @@ def test_a_udp_stream_from_ffmpeg_is_tracked_live(simulated_video, tmp_path):
 
     try:
         assert peer.ready.wait(20)
-        summary = run_session(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
         received = peer.messages()
     finally:
         stop(streamer)
@@ -349,7 +350,7 @@ def test_a_udp_stream_that_stops_and_restarts_is_reconnected(simulated_video, tm
                 finished.set()
 
     try:
-        summary = run_session(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, stop=finished, on_frame=on_frame)
     finally:
         for streamer in streamers:
             stop(streamer)
@@ -423,7 +424,7 @@ def test_hostile_markers_are_counted_and_the_session_and_its_marker_channel_go_o
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sender = subprocess.Popen([sys.executable, "-c", HOSTILE_SENDER, config.streaming.marker_address], env=env)
     try:
-        summary = run_session(config, progress=False, overwrite=True)
+        summary = run_tracking(config, progress=False, overwrite=True)
         sender.wait(timeout=60)
     finally:
         if sender.poll() is None:
@@ -443,9 +444,9 @@ def test_the_flush_lag_reaches_status_messages_and_the_summary():
     from toxrt.config import StreamingConfig
     from toxrt.io.recording import WriterStats
     from toxrt.tracking import summary_lines
-    from toxrt.stream.live_stream import LiveLink
+    from toxrt.stream.live_stream import LiveStream
 
-    link = LiveLink(StreamingConfig(publish_address=f"tcp://127.0.0.1:{free_port()}", marker_address=""))
+    link = LiveStream(StreamingConfig(publish_address=f"tcp://127.0.0.1:{free_port()}", marker_address=""))
     try:
         with PositionClient(link.publisher.address) as client:
             assert link.publisher.wait_for_subscriber(b"status", timeout_s=10)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SourceError
-from toxrt.sources.cameras import CaptureSource, RealtimeSource, open_live_source, parse_live_spec
+from toxrt.sources.cameras import CaptureSource, open_live_source, parse_live_spec
+from toxrt.sources.realtime import IterableSource, RealtimeSource
 from toxrt.types import Frame
 
 
@@ -47,7 +48,7 @@ def test_parse_live_spec():
 def test_realtime_source_releases_each_frame_on_schedule():
     gate = threading.Semaphore(0)
     clock = FakeClock(1000.0, gate)
-    source = RealtimeSource(images(10), fps=20.0, clock=clock.time, sleep=clock.sleep)
+    source = RealtimeSource(IterableSource(images(10)), fps=20.0, clock=clock.time, sleep=clock.sleep)
     frames = []
     for frame in source:  # the consumer lets the clock go on after each frame: nothing is dropped
         frames.append(frame)
@@ -64,7 +65,7 @@ def test_realtime_source_newest_frame_wins_and_drops_are_counted():
     clock = FakeClock(0.0)  # the replay runs ahead of a consumer that has not started yet
     inner = [Frame(100 + k, k / 10, img) for k, img in enumerate(images(12))]
     events = []
-    source = RealtimeSource(inner, fps=10.0, clock=clock.time, sleep=clock.sleep, on_event=events.append)
+    source = RealtimeSource(IterableSource(inner), fps=10.0, clock=clock.time, sleep=clock.sleep, on_event=events.append)
     deadline = time.monotonic() + 10
     while source.grabbed < 12 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -80,7 +81,7 @@ def test_realtime_source_newest_frame_wins_and_drops_are_counted():
 
 def test_realtime_source_on_the_real_clock_never_runs_early():
     fps = 100.0
-    source = RealtimeSource(images(8), fps=fps)
+    source = RealtimeSource(IterableSource(images(8)), fps=fps)
     frames = list(source)
     source.close()
     assert frames and frames[-1].index == 7
@@ -91,9 +92,9 @@ def test_realtime_source_on_the_real_clock_never_runs_early():
 
 def test_realtime_source_refuses_a_bad_rate_and_an_empty_input():
     with pytest.raises(SourceError):
-        RealtimeSource(images(2), fps=0.0)
+        RealtimeSource(IterableSource(images(2)), fps=0.0)
     with pytest.raises(SourceError, match="no frame"):
-        RealtimeSource([], fps=10.0)
+        RealtimeSource(IterableSource([]), fps=10.0)
 
 
 class FakeCapture:

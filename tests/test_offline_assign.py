@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from toxrt.offline import assign, cluster
-from toxrt.offline.dataset import build_fragment_table, coexisting_pairs, global_fragments
+from toxrt.fragments import build_fragment_table, coexisting_pairs, global_fragments
 
 from .test_offline_fake import make_fake_session
 
@@ -113,7 +113,7 @@ def test_global_fragment_needs_unique_consistent_identities():
 
 def test_fake_session_assignment_from_true_probabilities_is_exact():
     s = make_fake_session(seed=4)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     truth = np.array([s.truth[int(f)] for f in table.ids])
     rng = np.random.default_rng(0)
     p1 = np.full((len(table), 4), 0.1) + rng.uniform(0, 0.05, (len(table), 4))

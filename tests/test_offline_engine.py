@@ -1,6 +1,6 @@
 """End to end on a session recorded by the real live engine: scrambled live identities are recovered.
 
-The live engine (``toxrt.tracking.run_session``) tracks a small simulated arena and records its
+The live engine (``toxrt.tracking.run_tracking``) tracks a small simulated arena and records its
 session folder; the identity column of ~20 % of the individual fragments is then rewritten in the
 recorded blob chunks, and the live trajectories are rewritten from those identities (as if the live
 stage had confused those animals: refinement reads both). ``refine_session`` on that folder must
@@ -16,12 +16,15 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from toxrt.config import build_config  # noqa: E402
-from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
-from toxrt.io.trajectory_files import assemble_trajectories, write_trajectories  # noqa: E402
-from toxrt.session_end import FRAGMENT_IDENTITIES  # noqa: E402
+from toxrt.trajectories import assemble_trajectories
+from toxrt.io.trajectory_files import write_trajectories  # noqa: E402
+from toxrt.io.layout import FRAGMENT_IDENTITIES  # noqa: E402
 from toxrt.io.session_reader import load_session  # noqa: E402
-from toxrt.tracking import run_session  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
 from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 ANIMALS = 5
@@ -38,7 +41,7 @@ def engine_session(tmp_path_factory) -> tuple[Path, SimulatedArena]:
                       "appearance_spread": 0.6},
               "streaming": {"publish_address": "", "marker_address": ""}}
     arena = SimulatedArena(build_config(values).sim, ANIMALS)
-    summary = run_session(build_config({**values, **arena.tracking_parameters()}), progress=False,
+    summary = run_tracking(build_config({**values, **arena.tracking_parameters()}), progress=False,
                           overwrite=True)
     return Path(summary["session"]), arena
 
@@ -83,12 +86,12 @@ def rewrite_live_trajectories(folder: Path) -> None:
 
 
 def solo_accuracy(folder: Path, arena: SimulatedArena) -> float:
-    return evaluate(load_predicted(folder)[0], truth_of(arena), arena.body_length_px).accuracy_solo
+    return evaluate(load_trajectories(folder)[0], truth_of(arena), arena.body_length_px).accuracy_solo
 
 
 def test_refinement_recovers_scrambled_live_identities_of_an_engine_session(engine_session):
     folder, arena = engine_session
-    assert load_predicted(folder)[1]["source"] == "toxrt-live"
+    assert load_trajectories(folder)[1]["source"] == "toxrt-live"
     chosen = scramble_recorded_identities(folder, 0.2, seed=0)
     rewrite_live_trajectories(folder)
     assert chosen.size >= 3
@@ -97,7 +100,7 @@ def test_refinement_recovers_scrambled_live_identities_of_an_engine_session(engi
     summary = refine_session(folder, RefineOptions(**FAST), progress=False)
 
     assert summary.status == "refined" and summary.images_changed > 0
-    trajectories, data, _ = load_predicted(folder)
+    trajectories, data, _ = load_trajectories(folder)
     assert data["source"] == "toxrt-refined"
     report = evaluate(trajectories, truth_of(arena), arena.body_length_px)
     assert report.accuracy_solo >= 0.995

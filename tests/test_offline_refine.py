@@ -13,7 +13,8 @@ torch = pytest.importorskip("torch")
 from toxrt.config import RecordingConfig  # noqa: E402
 from toxrt.errors import ConfigError, SessionError  # noqa: E402
 from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
-from toxrt.io.trajectory_files import assemble_trajectories, write_trajectories  # noqa: E402
+from toxrt.trajectories import assemble_trajectories
+from toxrt.io.trajectory_files import write_trajectories  # noqa: E402
 from toxrt.io.recording import SessionWriter  # noqa: E402
 from toxrt.types import Blobs, FrameResult  # noqa: E402
 
@@ -99,8 +100,8 @@ def write_as_session(fake: FakeSession, folder: Path) -> None:
             blobs = Blobs(centroid=np.stack([rows["x"], rows["y"]], axis=1), area=rows["area"].astype(float),
                           orientation=np.zeros(k), bbox=np.zeros((k, 4), np.int32), hu=np.zeros((k, 7)),
                           histogram=np.full((k, 4), 0.25, np.float32), crop=fake.images[sel],
-                          is_crossing=rows["is_crossing"])
-            w.write_frame(FrameResult(frame, frame / 25.0, blobs, rows["fragment"].copy(),
+                          oversized=rows["is_crossing"].copy())
+            w.write_frame(FrameResult(frame, frame / 25.0, blobs, rows["fragment"].copy(), rows["is_crossing"].copy(),
                                       rows["identity"].copy(), rows["probability"].copy(),
                                       np.zeros(k, np.uint8)))
     live = {int(r["fragment"]): (int(r["identity"]), 0.9) for r in fake.fragments if r["identity"] > 0}

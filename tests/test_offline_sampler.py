@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SessionError
-from toxrt.offline.dataset import (ImageLoader, build_fragment_table, check_session, coexisting_pairs,
-                                   global_fragments, resize_batch)
+from toxrt.fragments import build_fragment_table, coexisting_pairs, global_fragments
+from toxrt.offline.dataset import ImageLoader, check_session, resize_batch
 from toxrt.offline.sampler import PairSampler
 
 from .test_offline_fake import make_fake_session
@@ -28,7 +28,7 @@ def test_coexisting_pairs_match_brute_force():
 
 def test_fragment_table_leaves_out_crossings_and_groups_rows():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     individual = s.fragments[~s.fragments["is_crossing"]]
     assert set(table.ids) == set(individual["fragment"])
     for f in range(len(table)):
@@ -42,7 +42,7 @@ def test_fragment_table_leaves_out_crossings_and_groups_rows():
 
 def test_sampler_respects_coexistence_and_leaves_out_small_fragments():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), images_per_fragment=10)
     coexist = {tuple(p) for p in table.pairs}
     frag_of_row = np.full(len(s.blobs), -1)
@@ -65,7 +65,7 @@ def test_sampler_respects_coexistence_and_leaves_out_small_fragments():
 
 def test_images_per_fragment_limits_the_pool_evenly():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), images_per_fragment=4)
     seen = set()
     for _ in range(20):
@@ -79,7 +79,7 @@ def test_images_per_fragment_limits_the_pool_evenly():
 
 def test_loss_scores_decay_and_shift_sampling():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), alpha=0.5)
     p_pos0, p_neg0 = sampler.probabilities()
     np.testing.assert_allclose(p_pos0.sum(), 1.0)
@@ -105,7 +105,7 @@ def test_loss_scores_decay_and_shift_sampling():
 
 def test_sampler_state_round_trip_repeats_the_draws():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     a = PairSampler(table, np.random.default_rng(5))
     state = a.state_dict()
     first = a.sample(20)
@@ -118,7 +118,7 @@ def test_sampler_state_round_trip_repeats_the_draws():
 
 def test_global_fragments_are_n_coexisting_fragments_sharing_a_frame():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sets = global_fragments(table, s.blobs, 4)
     assert len(sets) > 0
     coexist = {tuple(p) for p in table.pairs}

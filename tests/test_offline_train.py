@@ -6,7 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toxrt.offline.dataset import ImageLoader, build_fragment_table  # noqa: E402
+from toxrt.offline.dataset import ImageLoader  # noqa: E402
+from toxrt.fragments import build_fragment_table  # noqa: E402
 from toxrt.offline.train import SilhouetteStopper, TrainSettings, train_embedding  # noqa: E402
 
 from .test_offline_fake import make_fake_session  # noqa: E402
@@ -67,7 +68,7 @@ SETTINGS = dict(network="small", image_size=16, batch_pairs=16, eval_every=5, pa
 @pytest.fixture(scope="module")
 def data():
     s = make_fake_session(n_frames=160, seed=5)
-    return build_fragment_table(s), ImageLoader(s, 16)
+    return build_fragment_table(s.blobs), ImageLoader(s, 16)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(data, tmp_path):

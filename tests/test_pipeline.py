@@ -5,10 +5,13 @@ import sys
 import numpy as np
 
 from toxrt.config import build_config, load_config
-from toxrt.evaluation.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
-from toxrt.tracking import run_session
+from toxrt.evaluation.groundtruth import GroundTruth
+from toxrt.evaluation.metrics import evaluate, evaluate_session
+from toxrt.io.trajectory_files import load_trajectories
+from toxrt.tracking import run_tracking
 from toxrt.io.session_reader import load_session
-from toxrt.sim.arena import SimulatedArena, write_simulation
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
 from toxrt.types import Status
 
 
@@ -26,10 +29,10 @@ def sim_config(tmp_path, animals=8, frames=300, **sim):
 
 def test_simulated_arena_identities_are_kept(tmp_path):
     config, arena = sim_config(tmp_path)
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     truth = GroundTruth(frames=np.arange(arena.n_frames), ids=list(range(1, 9)),
                         positions=arena.positions, crossing=arena.crossing)
-    predicted, data, _ = load_predicted(summary["session"])
+    predicted, data, _ = load_trajectories(summary["session"])
     report = evaluate(predicted, truth, arena.body_length_px)
     assert report.accuracy_solo >= 0.99
     assert report.accuracy_all >= 0.97
@@ -47,10 +50,10 @@ def test_simulated_arena_identities_are_kept(tmp_path):
 
 def test_light_animals_on_dark_ground(tmp_path):
     config, arena = sim_config(tmp_path, animals=4, frames=150, light_on_dark=True)
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     truth = GroundTruth(frames=np.arange(arena.n_frames), ids=[1, 2, 3, 4],
                         positions=arena.positions, crossing=arena.crossing)
-    report = evaluate(load_predicted(summary["session"])[0], truth, arena.body_length_px)
+    report = evaluate(load_trajectories(summary["session"])[0], truth, arena.body_length_px)
     assert report.accuracy_solo >= 0.99
 
 
@@ -81,7 +84,7 @@ def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     data = video.read_bytes()
     video.write_bytes(data[: int(len(data) * 0.6)])
     config = load_config(paths["params"], {"output_dir": str(tmp_path / "out"), **NO_STREAMING})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     assert summary["stopped_early_at"] is not None and 0 < summary["stopped_early_at"] < 120
     trajectories = np.load(tmp_path / "out" / "session_simulation" / "trajectories" / "trajectories.npy",
                            allow_pickle=True).item()["trajectories"]
@@ -103,5 +106,5 @@ def test_frames_without_animals_are_normal(tmp_path):
     config = build_config({"video_paths": [str(folder / "frame_%06d.png")], "number_of_animals": 2,
                            "output_dir": str(tmp_path), "frames_per_second": 25, **arena.tracking_parameters(),
                            "streaming": LOOPBACK_ANY_PORT})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     assert summary["frames"] == 60 and summary["frame_errors"] == 0

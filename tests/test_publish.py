@@ -12,9 +12,10 @@ import pytest
 import zmq
 
 from toxrt.errors import ToxrtError
-from toxrt.stream.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode, encode_positions, event_message,
-                           is_loopback_address)
-from toxrt.types import IdentityEvent, Status
+from toxrt.stream.publish import Publisher, StatusMeter
+from toxrt.stream.sockets import is_loopback_address
+from toxrt.stream.wire import decode, encode, encode_positions, event_message
+from toxrt.types import STATUS_NAMES, IdentityEvent, Status
 
 ANY_PORT = "tcp://127.0.0.1:*"
 POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment", "x", "y", "heading",
@@ -109,7 +110,7 @@ def test_decode_rejects_what_is_not_one_map():
 
 
 def test_identity_event_message_uses_the_recorded_event_names():
-    message = event_message(IdentityEvent(frame_index=12, fragment=4, old_identity=2, new_identity=3,
+    message = event_message(IdentityEvent(frame=12, fragment=4, old_identity=2, new_identity=3,
                                           probability=0.9), t_publish=5.0)
     assert message == {"v": 1, "type": "identity", "frame": 12, "fragment": 4, "old_identity": 2,
                        "new_identity": 3, "probability": 0.9, "t_publish": 5.0}
@@ -137,7 +138,7 @@ def test_status_meter_percentiles_and_rates():
 # A subscriber in another process: prints every pos message it gets as one JSON line.
 SUBSCRIBER = r"""
 import json, sys, zmq
-from toxrt.stream.publish import decode
+from toxrt.stream.wire import decode
 address, count = sys.argv[1], int(sys.argv[2])
 socket = zmq.Context().socket(zmq.SUB)
 socket.setsockopt(zmq.SUBSCRIBE, b"pos")

@@ -17,7 +17,8 @@ import pytest
 from toxrt.config import RecordingConfig
 from toxrt.errors import SessionError
 from toxrt.io.recording import SessionWriter
-from toxrt.io.session_reader import coexisting_pairs, load_session
+from toxrt.fragments import coexisting_pairs
+from toxrt.io.session_reader import load_session
 from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
 
 BINS = 16
@@ -68,7 +69,7 @@ def make_result(frame: int) -> FrameResult:
         hu=rng.normal(size=(n, 7)),
         histogram=histogram,
         crop=rng.integers(0, 256, (n, CROP, CROP), dtype=np.uint8),
-        is_crossing=crossing,
+        oversized=crossing,
     )
     events = [IdentityEvent(frame, int(f), 0, int(i), 0.9) for f, i in zip(fragment, identity)
               if f in starts and frame - starts[f] == 5]
@@ -77,6 +78,7 @@ def make_result(frame: int) -> FrameResult:
         time_s=frame / 25.0,
         blobs=blobs,
         fragment=fragment.astype(np.int64),
+        is_crossing=crossing,
         identity=identity.astype(np.int32),
         probability=np.where(identity > 0, 0.9, 0.0).astype(np.float32),
         status=np.where(crossing, Status.CROSSING, Status.MEASURED).astype(np.uint8),
@@ -102,7 +104,7 @@ def recorded(tmp_path_factory) -> tuple[Path, SessionWriter, list[FrameResult]]:
         for result in results:
             writer.write_frame(result)
             writer.write_events(result.events)  # IdentityEvents are accepted as they are
-        writer.write_events([{"type": "source", "frame_index": 0, "what": "opened"}])
+        writer.write_events([{"type": "source", "frame": 0, "what": "opened"}])
         writer.update_meta(frames_tracked=N_FRAMES, stop_frame=N_FRAMES - 1)
     return folder, writer, results
 
@@ -139,8 +141,8 @@ def test_round_trip_meta_parameters_background_events(recorded):
     identity_events = [e for e in session.events if e["type"] == "identity"]
     expected = [e for r in results for e in r.events]
     assert [(e["frame"], e["fragment"], e["new_identity"]) for e in identity_events] == \
-        [(e.frame_index, e.fragment, e.new_identity) for e in expected]
-    assert {"type": "source", "frame_index": 0, "what": "opened"} in session.events
+        [(e.frame, e.fragment, e.new_identity) for e in expected]
+    assert {"type": "source", "frame": 0, "what": "opened"} in session.events
 
 
 def test_writer_never_drops(recorded):
@@ -194,8 +196,8 @@ def test_without_images_and_empty_frames(tmp_path):
     cfg = RecordingConfig(identification_images=False, flush_interval_s=0.05, queue_frames=100)
     with open_writer(tmp_path / "s", cfg) as writer:
         writer.write_frame(make_result(0))
-        empty = FrameResult(1, 0.04, Blobs.empty(BINS, CROP), np.zeros(0, np.int64), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.zeros(0, np.uint8))
+        empty = FrameResult(1, 0.04, Blobs.empty(BINS, CROP), np.zeros(0, np.int64), np.zeros(0, bool),
+                            np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.uint8))
         writer.write_frame(empty)
     session = load_session(tmp_path / "s")
     assert session.n_frames == 2 and len(session.blobs) == 3

@@ -100,8 +100,9 @@ def record_without_images(folder: Path) -> None:
             blobs = Blobs(centroid=np.array([[10.0, 10.0], [50.0, 50.0]]), area=np.full(2, 100.0),
                           orientation=np.zeros(2), bbox=np.zeros((2, 4), np.int32), hu=np.zeros((2, 7)),
                           histogram=np.full((2, 4), 0.25, np.float32), crop=np.zeros((2, 12, 12), np.uint8),
-                          is_crossing=np.zeros(2, bool))
-            writer.write_frame(FrameResult(frame, frame / 25.0, blobs, np.array([1, 2]), np.array([1, 2], np.int32),
+                          oversized=np.zeros(2, bool))
+            writer.write_frame(FrameResult(frame, frame / 25.0, blobs, np.array([1, 2]), np.zeros(2, bool),
+                                           np.array([1, 2], np.int32),
                                            np.full(2, 0.9, np.float32), np.zeros(2, np.uint8)))
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from toxrt.stream.client import MultiCameraClient, listen
+from toxrt.stream.client import MultiCameraClient
+from toxrt.stream.listen import listen
 from toxrt.config import build_config
 from toxrt.errors import ConfigError
 from toxrt.rig import cameras_from_specs, load_rig, plan_cameras, shifted
-from toxrt.sim.arena import SimulatedArena, write_simulation
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
 
 ANIMALS = 3
 
@@ -189,7 +191,8 @@ def frame_arrays(xs: list[float]) -> dict:
 
 
 def test_a_multi_camera_client_keeps_each_camera_apart():
-    from toxrt.stream.publish import Publisher, decode, encode
+    from toxrt.stream.publish import Publisher
+    from toxrt.stream.wire import decode, encode
 
     assert decode(encode({"v": 1}, "json", camera="left"))["camera"] == "left"
     assert "camera" not in decode(encode({"v": 1}, "msgpack"))

@@ -101,9 +101,9 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
 def test_detection_in_the_reader_gives_the_same_session(tmp_path):
     from toxrt.sources import files as source_module
     from toxrt.config import load_config
-    from toxrt.tracking import run_session
+    from toxrt.tracking import run_tracking
     from toxrt.io.session_reader import load_session
-    from toxrt.sim.arena import write_simulation
+    from toxrt.sim.writer import write_simulation
 
     sim = load_config(None, {"sim": {"frames": 80, "seed": 4, "width": 240, "height": 180,
                                      "body_length_px": 20}}).sim
@@ -113,7 +113,7 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
         source_module.AHEAD_WHEN_QUEUED = when
         try:
             config = load_config(paths["params"], {"output_dir": str(tmp_path / name), "appearance.live_inline": True})
-            summary = run_session(config, progress=False)
+            summary = run_tracking(config, progress=False)
         finally:
             source_module.AHEAD_WHEN_QUEUED = 2
         recorded[name] = load_session(summary["session"])

@@ -25,7 +25,7 @@ import zmq
 from toxrt.config import build_config
 from toxrt.errors import ToxrtError
 from toxrt.stream.markers import MarkerSender
-from toxrt.tracking import run_session
+from toxrt.tracking import run_tracking
 from toxrt.io.session_reader import load_session
 from toxrt.sim.arena import SimulatedArena
 
@@ -138,7 +138,7 @@ def json_session(tmp_path_factory):
     try:
         assert all(c.ready.wait(30) for c in clients.values())
         time.sleep(0.2)  # both are connecting; the session waits for the first subscription
-        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
         received = {name: client.received() for name, client in clients.items()}
     finally:
         sender.close()
@@ -226,16 +226,16 @@ def test_tracking_a_file_binds_no_port_unless_asked(tmp_path):
                   "trajectories_formats": ["npy"], "sim": {"frames": 30, "seed": 1, "width": 200, "height": 160}}
         arena = SimulatedArena(build_config(values).sim, 4)
         config = build_config({**values, **arena.tracking_parameters()})
-        summary = run_session(config, progress=False, overwrite=True)
+        summary = run_tracking(config, progress=False, overwrite=True)
         assert summary["frames"] == 30 and "publish_address" not in summary
         assert "publish_address" not in json.loads((Path(summary["session"]) / "session.json").read_text())
         asked = build_config({**values, **arena.tracking_parameters(), "streaming": {"publish": "on"}})
         with pytest.raises(ToxrtError, match="port already in use"):
-            run_session(asked, progress=False, overwrite=True)
+            run_tracking(asked, progress=False, overwrite=True)
         picked = build_config({**values, **arena.tracking_parameters(),
                                "streaming": {"publish": "on", "publish_address": "tcp://127.0.0.1:*",
                                              "marker_address": ""}})
-        summary = run_session(picked, progress=False, overwrite=True)
+        summary = run_tracking(picked, progress=False, overwrite=True)
         meta = json.loads((Path(summary["session"]) / "session.json").read_text())
         assert meta["publish_address"].startswith("tcp://127.0.0.1:") and summary["published"] >= 30
     finally:

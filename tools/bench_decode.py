@@ -75,9 +75,9 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
             return {"frames": count, "cpu_s_per_frame": cpu / count, "fps": count / wall}
         if mode == "track":
             return track_alone(config, prepare, LiveTracker, VideoSource)
-        from toxrt.tracking import run_session
+        from toxrt.tracking import run_tracking
 
-        summary = run_session(config, progress=False, overwrite=True)
+        summary = run_tracking(config, progress=False, overwrite=True)
         return {"frames": summary["frames"], "fps": summary["fps"], "step_ms_p50": summary["step_ms_p50"],
                 "step_ms_p99": summary["step_ms_p99"], "detected_by_reader": summary["frames_detected_by_reader"]}
 
@@ -85,27 +85,22 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
 def track_alone(config, prepare, LiveTracker, VideoSource) -> dict:
     """The session's frame loop over frames already in memory: tracking and recording, no decoding."""
     from toxrt.config import config_to_dict, to_toml
+    from toxrt.io.layout import session_folder
     from toxrt.io.recording import SessionWriter
-    from toxrt.tracking import _run_loop, session_folder
-    from toxrt.stream.live_stream import LiveLink
+    from toxrt.sources.realtime import IterableSource
+    from toxrt.stream.live_stream import LiveStream
+    from toxrt.tracking import run_loop
 
     source = VideoSource(config.video_paths, config.frames_per_second, config.tracking_intervals)
     setup = prepare(config, source)
-    frames = list(source)
-
-    class InMemory:
-        n_frames, description, stopped_early_at = len(frames), "frames in memory", None
-
-        def __iter__(self):
-            return iter(frames)
-
+    frames = IterableSource(list(source), source.fps)
     writer = SessionWriter(session_folder(config), config.recording, {"name": "bench"},
                            to_toml(config_to_dict(config)), setup.background, setup.crop_size,
                            config.segmentation.histogram_bins, overwrite=True)
-    link = LiveLink(config.streaming, live=False)
+    stream = LiveStream(config.streaming, live=False)
     cpu = time.process_time()
     try:
-        loop = _run_loop(InMemory(), LiveTracker(config, setup), writer, link, False, None, None)
+        loop = run_loop(frames, LiveTracker(config, setup), writer, stream, False, None, None)
     finally:
         writer.close()  # the writer thread's work on these frames is tracking's too
         cpu = time.process_time() - cpu

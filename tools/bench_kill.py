@@ -39,7 +39,7 @@ CHILD = r"""
 import sys, time
 from toxrt.io import recording
 from toxrt.config import load_config
-from toxrt.tracking import run_session
+from toxrt.tracking import run_tracking
 
 slow = float(sys.argv[2])
 if slow > 0:
@@ -48,7 +48,7 @@ if slow > 0:
         time.sleep(slow)
         real_write_chunk(self, frames)
     recording.SessionWriter._write_chunk = slow_write_chunk
-run_session(load_config(sys.argv[1]), progress=False, overwrite=True,
+run_tracking(load_config(sys.argv[1]), progress=False, overwrite=True,
             on_frame=lambda result: print(result.frame_index, flush=True))
 """
 
@@ -137,7 +137,8 @@ def stalled_subscriber(total: int) -> dict:
     import zmq
 
     from toxrt.stream.client import SeqCounter
-    from toxrt.stream.publish import Publisher, decode
+    from toxrt.stream.publish import Publisher
+    from toxrt.stream.wire import decode
 
     arrays = {"ids": np.arange(1, 21), "x": np.ones(20), "y": np.ones(20), "heading": np.zeros(20),
               "area": np.ones(20), "status": np.zeros(20, np.uint8), "p": np.ones(20), "fragment": np.arange(20)}

@@ -19,7 +19,7 @@ import numpy as np
 
 from toxrt.config import build_config
 from toxrt.pipeline import LiveTracker, prepare
-from toxrt.sources.files import SimulatedSource
+from toxrt.sources.simulated import SimulatedSource
 from toxrt.types import Frame
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}

@@ -1,6 +1,6 @@
 """Offline refinement benchmark: time, peak memory and identity accuracy before and after.
 
-For each case the live engine tracks the video (``toxrt.tracking.run_session``, no ZeroMQ), the live
+For each case the live engine tracks the video (``toxrt.tracking.run_tracking``, no ZeroMQ), the live
 trajectories are evaluated, then ``toxrt.offline.refine.refine_session`` runs in a child process
 (so that its peak resident memory, ``VmHWM`` of ``/proc/self/status``, is the refinement's alone:
 torch, the network, the embeddings, K-means) and the refined trajectories are evaluated against the
@@ -44,8 +44,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toxrt.config import build_config, load_config  # noqa: E402
-from toxrt.evaluation.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-from toxrt.tracking import run_session  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
 from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
@@ -86,16 +88,16 @@ def track(case: Case, out: Path) -> tuple[Path, GroundTruth, float]:
         truth = GroundTruth.from_csv(DATA / case.name / "groundtruth.csv")
         body_length = math.nan
     t0 = time.monotonic()
-    summary = run_session(config, progress=False, overwrite=True)
+    summary = run_tracking(config, progress=False, overwrite=True)
     logging.info("%s tracked in %.1f s", case.name, time.monotonic() - t0)
     folder = Path(summary["session"])
     if not case.frames:  # the engine's estimate, as tools/bench_accuracy.py uses for these two
-        body_length = float(load_predicted(folder)[1].get("body_length") or math.nan)
+        body_length = float(load_trajectories(folder)[1].get("body_length") or math.nan)
     return folder, truth, body_length
 
 
 def accuracy(npy: Path, truth: GroundTruth, body_length: float) -> tuple[float, float]:
-    trajectories = load_predicted(npy)[0]
+    trajectories = load_trajectories(npy)[0]
     report = evaluate(trajectories, truth, body_length)
     return report.accuracy_solo, report.accuracy_all
 

@@ -15,6 +15,11 @@ Per frame (ToxTrac's fragment creation, with explicit merge and split handling):
 5. A crossing fragment that has shown a single-animal-sized blob for ``crossing_release_frames``
    frames without splitting is released into a new individual fragment.
 
+"Too large for one animal" is the segmentation's ``Blobs.oversized``, unless the frame has a blob
+for every animal: then a large blob is a large animal (animals of very different sizes, such as a
+courting pair of spiders), not a crossing. The linker alone decides which blobs are crossings
+(``LinkResult.is_crossing``); the blobs are not changed.
+
 Fragment ids are unique over the session and never reused.
 """
 from __future__ import annotations
@@ -23,9 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .matching import assign
 from .config import LinkingConfig
 from .kalman import ConstantVelocityModel
+from .matching import assign
 from .types import Blobs
 
 
@@ -54,9 +59,11 @@ class LinkResult:
 class Linker:
     """Owns the live tracks; call :meth:`update` once per frame, also with no blobs."""
 
-    def __init__(self, cfg: LinkingConfig, max_distance_px: float):
+    def __init__(self, cfg: LinkingConfig, max_distance_px: float, number_of_animals: int = 0):
+        """``number_of_animals``: 0 when unknown (every oversized blob then counts as a crossing)."""
         self.cfg = cfg
         self.max_distance_px = max_distance_px
+        self.number_of_animals = number_of_animals
         self.model = ConstantVelocityModel(cfg.process_noise, cfg.measurement_noise)
         self.mean = np.zeros((0, 4))
         self.cov = np.zeros((0, 4, 4))
@@ -74,6 +81,10 @@ class Linker:
 
     def update(self, blobs: Blobs) -> LinkResult:
         n, m = len(blobs), self.n_tracks
+        if self.number_of_animals and n >= self.number_of_animals:
+            oversized = np.zeros(n, bool)  # a blob for every animal: a large blob is a large animal
+        else:
+            oversized = blobs.oversized
         self.model.predict(self.mean, self.cov)
         xy = blobs.centroid
         distance = np.sqrt(((self.mean[:, None, :2] - xy[None, :, :]) ** 2).sum(-1)) if m and n else np.zeros((m, n))
@@ -81,7 +92,7 @@ class Linker:
         big, small = np.maximum(self.area[:, None], blobs.area[None]), np.minimum(self.area[:, None], blobs.area[None])
         size_ok = (big / np.maximum(small, 1e-9) - 1.0) <= self.cfg.max_size_change
         # Crossing tracks and crossing-sized blobs change size by nature; the fragment cut happens anyway.
-        size_ok |= self.crossing[:, None] | blobs.is_crossing[None, :]
+        size_ok |= self.crossing[:, None] | oversized[None, :]
         matches, free_tracks, free_blobs = assign(distance, in_reach & size_ok)
 
         blob_track = np.full(n, -1, np.int64)
@@ -126,8 +137,8 @@ class Linker:
         if matches.size:
             rows, cols = matches[:, 0], matches[:, 1]
             crossing_rows = self.crossing[rows]
-            self.single_sized_frames[rows[crossing_rows & ~blobs.is_crossing[cols]]] += 1
-            self.single_sized_frames[rows[crossing_rows & blobs.is_crossing[cols]]] = 0
+            self.single_sized_frames[rows[crossing_rows & ~oversized[cols]]] += 1
+            self.single_sized_frames[rows[crossing_rows & oversized[cols]]] = 0
             released = rows[crossing_rows & (self.single_sized_frames[rows] >= self.cfg.crossing_release_frames)]
             ends[released] = True
             for owner in released:
@@ -164,7 +175,7 @@ class Linker:
         started = np.zeros(0, np.int64)
         if new_blobs.size:
             merge_targets = [j for j, members in merged_into.items() if members]
-            crossing_new = blobs.is_crossing[new_blobs] | np.isin(new_blobs, merge_targets)
+            crossing_new = oversized[new_blobs] | np.isin(new_blobs, merge_targets)
             started = self._start(xy[new_blobs], blobs.area[new_blobs], crossing_new)
             fragment[new_blobs] = started
             is_crossing[new_blobs] = crossing_new

@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from .accumulation import certainty, fit_temperature, neutral_unseen
 from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
 from .config import AppearanceConfig
+from .fragments import overlapping
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ class AppearanceLearner:
         me = self._fragments[f]
         start, end, label = self._labelled
         p = p1.copy()
-        p[label[(start <= me.end) & (end >= me.start)] - 1] = 0.0
+        p[label[overlapping(start, end, me.start, me.end)] - 1] = 0.0
         total = p.sum()
         return p / total if total > 0 else p
 

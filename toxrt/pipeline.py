@@ -19,11 +19,12 @@ from .appearance import FeatureShape, identity_features
 from .config import Config
 from .errors import ToxrtError
 from .features import blob_shapes, estimate_animal_size, identification_image_size
-from .linker import Linker
 from .identity import LiveIdentities
+from .linker import Linker
 from .live_appearance import LiveAppearance, Observation
-from .segment import SegmentationParams, Segmenter, compute_background, roi_mask_from_list, segment_sample_frames
-from .sources.files import FrameSource
+from .roi import roi_mask_from_list
+from .segment import SegmentationParams, Segmenter, compute_background, segment_sample_frames
+from .sources.protocol import FrameSource
 from .types import Frame, FrameResult, Status
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class LiveTracker:
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self._segmentation = (params, setup.background, setup.roi_mask)
         self.detected_ahead = 0  # frames whose blobs came with them (found by a reader thread)
-        self.linker = Linker(config.linking, setup.max_distance_px)
+        self.linker = Linker(config.linking, setup.max_distance_px, setup.number_of_animals)
         self.identities = LiveIdentities(config.identity, setup.number_of_animals)
         self.number_of_animals = setup.number_of_animals
         # Live (identity, probability) of recent fragments, least recently seen first; bounded.
@@ -124,12 +125,7 @@ class LiveTracker:
             self.detected_ahead += 1
         else:
             blobs = self.segmenter.detect(frame.image)
-        if len(blobs) >= self.number_of_animals:
-            # Every animal has a blob of its own, so a large blob is a large animal, not a crossing
-            # (animals of very different sizes, such as a courting pair of spiders).
-            blobs.is_crossing[:] = False
-        link = self.linker.update(blobs)
-        blobs.is_crossing = link.is_crossing  # size-flagged or merged, as the linker decided
+        link = self.linker.update(blobs)  # which blobs are crossings is the linker's decision
         individual = np.flatnonzero(~link.is_crossing)
         features = model = log_proba = None
         if self.learner is not None:
@@ -163,6 +159,7 @@ class LiveTracker:
             time_s=frame.time_s,
             blobs=blobs,
             fragment=link.fragment,
+            is_crossing=link.is_crossing,
             identity=identity,
             probability=probability,
             status=status,

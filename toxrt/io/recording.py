@@ -1,4 +1,4 @@
-"""The session folder's writer: records the live loop without blocking it (``session_reader.py`` loads it).
+"""The session folder's writer: records the tracking loop without blocking it (``session_reader.py`` loads it).
 
 Layout (see docs/architecture.md, "The session folder")::
 
@@ -29,7 +29,6 @@ import atexit
 import dataclasses
 import json
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -44,19 +43,14 @@ from .. import __version__
 from ..config import RecordingConfig
 from ..errors import SessionError
 from ..log_limit import WarningLimiter
+from ..types import FrameResult, IdentityEvent, blob_records, event_dict
+from .atomic import atomic_open, write_bytes_atomic
+from .layout import (BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, RECORDING_FILES,
+                     SESSION_JSON, TRAJECTORIES_DIR)
 from .session_lock import SessionLock
-from ..types import FrameResult, IdentityEvent, blob_records
 
 log = logging.getLogger(__name__)
 
-FORMAT = "toxrt-session-1"
-SESSION_JSON = "session.json"
-PARAMETERS_TOML = "parameters.toml"
-BACKGROUND_PNG = "background.png"
-BLOBS_DIR = "blobs"
-CROPS_FILE = "identification_images.u8"
-EVENTS_FILE = "events.jsonl"
-_RECORDING_FILES = (SESSION_JSON, PARAMETERS_TOML, BACKGROUND_PNG, CROPS_FILE, EVENTS_FILE)
 _STOP = object()
 
 
@@ -73,27 +67,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-writable")
 
 
-def event_to_dict(event: IdentityEvent | dict) -> dict:
-    """An event as written to events.jsonl; IdentityEvents get ``"type": "identity"``."""
-    if isinstance(event, IdentityEvent):
-        return event.as_event()
-    if isinstance(event, dict):
-        return event
-    raise TypeError(f"an event must be a dict or an IdentityEvent, got {type(event).__name__}")
-
-
 def _json_line(value: Any, what: str) -> str:
     try:
         return json.dumps(value, default=_json_default) + "\n"
     except (TypeError, ValueError) as exc:
         raise SessionError(f"{what} {value!r:.80} cannot be written as JSON: {exc}") from None
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -212,10 +190,10 @@ class SessionWriter:
         if (folder / SESSION_JSON).exists() or (folder / BLOBS_DIR).exists():
             if not overwrite:
                 raise SessionError(f"{folder}: already holds a recorded session; choose another name or overwrite it")
-            for name in _RECORDING_FILES:
+            for name in RECORDING_FILES:
                 (folder / name).unlink(missing_ok=True)
             shutil.rmtree(folder / BLOBS_DIR, ignore_errors=True)
-            shutil.rmtree(folder / "trajectories", ignore_errors=True)  # stale results of the old run
+            shutil.rmtree(folder / TRAJECTORIES_DIR, ignore_errors=True)  # stale results of the old run
         try:
             (folder / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -243,7 +221,7 @@ class SessionWriter:
 
         Events are few, so they are serialised here: a bad event fails in the caller, not later.
         """
-        lines = [_json_line(event_to_dict(e), "event") for e in events]
+        lines = [_json_line(event_dict(e), "event") for e in events]
         if lines:
             self._put(("events", lines, self._clock()))
 
@@ -414,11 +392,9 @@ class SessionWriter:
             self._crop_rows += len(rows)
         frame_range = np.array([frames[0].frame_index, frames[-1].frame_index], np.int64)
         path = self.session_dir / BLOBS_DIR / f"chunk_{self._chunk_index:06d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_open(path) as handle:
             np.savez(handle, blobs=rows, histogram=histogram, hu=hu,
                      crop_offset=np.int64(crop_offset), frame_range=frame_range)
-        os.replace(tmp, path)
         self._chunk_index += 1
         self._last_frame = max(self._last_frame, frames[-1].frame_index)
         self.stats.chunks_written += 1
@@ -427,4 +403,4 @@ class SessionWriter:
 
     def _write_meta(self) -> None:
         text = json.dumps(self._meta, indent=1, default=_json_default)
-        _write_atomic(self.session_dir / SESSION_JSON, text.encode())
+        write_bytes_atomic(self.session_dir / SESSION_JSON, text.encode())

@@ -19,10 +19,10 @@ import socket
 from pathlib import Path
 
 from ..errors import SessionError
+from .layout import LOCK_FILE
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "toxrt.lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 

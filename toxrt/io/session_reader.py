@@ -1,6 +1,6 @@
 """Loading a recorded session folder (written by ``recording.SessionWriter``), read-only.
 
-Fragments and their coexistence are derived from the blob rows, so what a ``kill -9`` left on disk
+Fragments and their coexistence are derived from the blob rows (``fragments.py``), so what a ``kill -9`` left on disk
 loads as it is: a temporary or damaged last chunk is ignored, a crop file shorter than the rows
 leaves those rows without an identification image, a cut last event line is dropped.
 """
@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from ..errors import SessionError
-from .recording import BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, SESSION_JSON
-from ..types import BLOB_RECORD_DTYPE, FRAGMENT_RECORD_DTYPE
+from .layout import BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, SESSION_JSON
+from ..fragments import coexisting_pairs, derive_fragments
+from ..types import BLOB_RECORD_DTYPE
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Session:
     def coexisting(self, include_crossing: bool = True) -> np.ndarray:
         """int64 (pairs, 2): index pairs (i < j) into ``fragments`` whose [start, end] overlap.
 
-        A sort and sweep: O(F log F + pairs). Crossing fragments are left out when asked.
+        ``fragments.coexisting_pairs``: O(F log F + pairs). Crossing fragments are left out when asked.
         """
         keep = np.flatnonzero(include_crossing | ~self.fragments["is_crossing"])
         return coexisting_pairs(self.fragments["start"][keep], self.fragments["end"][keep], keep)
@@ -135,46 +136,6 @@ class Session:
         histograms, hu = self.histograms()[rows], self.hu()[rows]
         bounds = np.flatnonzero(np.r_[True, fragment[1:] != fragment[:-1], True])
         return {int(fragment[a]): (histograms[a:b], hu[a:b]) for a, b in zip(bounds[:-1], bounds[1:])}
-
-
-def derive_fragments(blobs: np.ndarray) -> np.ndarray:
-    """FRAGMENT_RECORD_DTYPE rows from blob rows (rows with a negative fragment id are skipped).
-
-    identity is the identity of the fragment's last row (the live identity when it ended);
-    is_crossing is true when any of its blobs is a crossing blob.
-    """
-    rows = blobs[blobs["fragment"] >= 0]
-    if rows.size == 0:
-        return np.zeros(0, FRAGMENT_RECORD_DTYPE)
-    rows = rows[np.lexsort((rows["frame"], rows["fragment"]))]
-    starts = np.flatnonzero(np.r_[True, rows["fragment"][1:] != rows["fragment"][:-1]])
-    ends = np.r_[starts[1:], rows.size] - 1
-    out = np.zeros(starts.size, FRAGMENT_RECORD_DTYPE)
-    out["fragment"] = rows["fragment"][starts]
-    out["start"] = rows["frame"][starts]
-    out["end"] = rows["frame"][ends]
-    out["n_samples"] = ends - starts + 1
-    out["is_crossing"] = np.logical_or.reduceat(rows["is_crossing"], starts)
-    out["identity"] = rows["identity"][ends]
-    return out
-
-
-def coexisting_pairs(start: np.ndarray, end: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-    """int64 (pairs, 2): pairs of intervals whose inclusive [start, end] overlap, as (label_i, label_j).
-
-    Sorted by start, interval i overlaps every later j with start_j <= end_i: one searchsorted gives
-    how many, and the pairs are built without a Python loop. labels defaults to 0..n-1.
-    """
-    labels = np.arange(start.size) if labels is None else np.asarray(labels)
-    order = np.argsort(start, kind="stable")
-    s, e, lab = start[order], end[order], labels[order]
-    hi = np.searchsorted(s, e, side="right")  # intervals starting at or before my end
-    first = np.arange(s.size) + 1
-    counts = np.maximum(hi - first, 0)
-    i = np.repeat(np.arange(s.size), counts)
-    j = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(first, counts)
-    pairs = np.stack([lab[i], lab[j]], axis=1).astype(np.int64)
-    return np.sort(pairs, axis=1)
 
 
 def _read_json(path: Path) -> Any:

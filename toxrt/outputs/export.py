@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..types import MISSING_STATUS, STATUS_NAMES
 from .results import Results
-from ..types import Status
 
 EXPORT_DIR = "exports"
 FORMATS = ("tidy", "sleap")
-STATUS_NAMES = {-1: "missing", int(Status.MEASURED): "measured", int(Status.PREDICTED): "predicted",
-                int(Status.CROSSING): "crossing", int(Status.LOST): "lost"}
+CELL_STATUS_NAMES = {MISSING_STATUS: "missing", **STATUS_NAMES}
 
 
 def write_tidy_csv(results: Results, path: Path) -> Path:
@@ -32,7 +31,7 @@ def write_tidy_csv(results: Results, path: Path) -> Path:
     frame = np.repeat(np.arange(n_frames), n)
     identity = np.tile(np.arange(1, n + 1), n_frames)
     xy = results.trajectories.reshape(-1, 2)
-    names = np.array([STATUS_NAMES.get(int(s), str(int(s))) for s in range(-1, 4)])
+    names = np.array([CELL_STATUS_NAMES.get(s, str(s)) for s in range(-1, 4)])
     status = names[np.clip(results.status.reshape(-1).astype(np.int64), -1, 3) + 1]
     columns = [frame.astype(str), np.char.mod("%.6f", frame / results.fps), identity.astype(str),
                np.char.mod("%.3f", xy[:, 0]), np.char.mod("%.3f", xy[:, 1]), status,

@@ -10,19 +10,16 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import SessionError
-from ..evaluation.metrics import load_predicted
-from ..types import Status
+from ..io.trajectory_files import load_trajectories
+from ..types import MISSING_STATUS, Status
 
 if TYPE_CHECKING:
-    from .config import Config
-
-MISSING = -1
+    from ..config import Config
 
 
 @dataclass
@@ -78,7 +75,7 @@ def _status_from(data: dict, trajectories: np.ndarray, probability: np.ndarray) 
     if "status" in data:
         return np.asarray(data["status"], np.int8)
     known = ~np.isnan(trajectories[..., 0])
-    status = np.where(known, int(Status.MEASURED), MISSING).astype(np.int8)
+    status = np.where(known, int(Status.MEASURED), MISSING_STATUS).astype(np.int8)
     status[known & np.isnan(probability)] = Status.CROSSING
     return status
 
@@ -96,7 +93,7 @@ def load_results(session_dir: str | Path, px_per_cm: float | None = None) -> Res
     folder = Path(session_dir)
     if not folder.is_dir():
         raise SessionError(f"{folder}: not a session folder (no such directory)")
-    trajectories, data, npy = load_predicted(folder)
+    trajectories, data, npy = load_trajectories(folder)
     meta = _read_json(folder / "session.json")
     parameters = _read_toml(folder / "parameters.toml")
     n_frames, n = trajectories.shape[:2]

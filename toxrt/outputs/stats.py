@@ -11,7 +11,7 @@ Which library computes what, and why:
   (truncated at 5 sigma), then central differences, with its own unit conversion. ``movement``
   computes the same, but its last release for Python 3.11 (0.15) pulls in about 80 packages
   (napari-video, pynwb, tables, netCDF4, ...): too heavy for a tracker's runtime.
-* walls and zones: the masks the tracker itself used (``segment.roi_mask_from_list``, the same
+* walls and zones: the masks the tracker itself used (``roi.roi_mask_from_list``, the same
   roi_list syntax), OpenCV's exact Euclidean distance transform for the distance to the border.
 * nearest neighbour: one broadcast over all frames (trajectorytools' interindividual distances
   loop over frames in Python, slow on long videos).
@@ -34,7 +34,7 @@ from ..config import StatsConfig
 from ..errors import ConfigError
 from ..extras import require
 from .results import Results
-from ..segment import roi_mask_from_list
+from ..roi import roi_mask_from_list
 
 STATS_DIR = "stats"
 

@@ -1,12 +1,11 @@
 """A simulated arena: N animals seen from above, with exact ground truth.
 
-Each animal is an elongated, head-heavy body (an ellipse whose half-width grows from tail to
-head) with its own size, darkness and internal pattern (a darker head, transverse stripes, a
-lighter or darker midline), so that the intensity histograms of the animals differ; how much
-they differ is ``SimConfig.appearance_spread`` (0 = identical animals). The animals move by
-correlated random walks (persistent turning rate, varying speed), steer softly away from the
-walls, drift mildly towards their nearest neighbour and pass over each other, so touches and
-crossings happen regularly.
+Each animal is an elongated, head-heavy body with its own size, darkness and internal pattern (a
+darker head, transverse stripes, a lighter or darker midline: ``raster.py``), so that the
+intensity histograms of the animals differ; how much they differ is ``SimConfig.appearance_spread``
+(0 = identical animals). The animals move by correlated random walks (``motion.py``), steer softly
+away from the walls, drift mildly towards their nearest neighbour and pass over each other, so
+touches and crossings happen regularly. ``writer.py`` renders an arena to a video file.
 
 Ground truth, precomputed at construction (the crossing flags on first use):
 
@@ -35,21 +34,18 @@ Quick start::
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
 import functools
 import logging
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import cv2
 import numpy as np
-from numba import njit
 
-from ..config import SimConfig, config_to_dict, to_toml
-from ..errors import ConfigError, ToxrtError
+from ..config import SimConfig
+from ..errors import ConfigError
+from .motion import simulate_motion
+from .raster import composite, crossings_of, draw_appearance, illumination, raster_all
 
 logger = logging.getLogger(__name__)
 
@@ -57,307 +53,10 @@ logger = logging.getLogger(__name__)
 # for the inverted (light-on-dark) scene.
 GROUND_LEVEL_LIGHT = 200.0
 GROUND_LEVEL_DARK = 45.0
-# Body outline: half-width along the body is half_width * (1 + TAPER * u / half_length), u from
-# the outline's centre towards the head; the centre of mass then lies TAPER / 4 half-lengths
-# ahead of the outline's centre.
-TAPER = 0.3
-HALF_WIDTH_RATIO = 0.17  # half-width at the centre / body length; total width ~0.35 length
 # The noisy background is a bank of a few precomputed frames, chosen at random per frame,
 # because drawing a full frame of Gaussian noise costs ~10 ms at 1080p.
 NOISE_BANK_FRAMES = 8
 NOISE_BANK_MAX_BYTES = 64 * 2**20
-VIDEO_CODECS = ("FFV1", "MJPG")  # lossless first; MJPG as a fallback for builds without FFV1
-
-
-@dataclass(frozen=True)
-class Appearance:
-    """Per-animal body geometry and pattern, all float64 arrays of shape (N,).
-
-    half_length, half_width: pixels; contrast: grey levels darker (or brighter, light-on-dark)
-    than the ground before the pattern; head_gain, stripe_amplitude, midline_gain: relative
-    changes of the contrast; stripe_frequency: stripes per half-length; stripe_phase: radians.
-    """
-
-    half_length: np.ndarray
-    half_width: np.ndarray
-    contrast: np.ndarray
-    head_gain: np.ndarray
-    stripe_amplitude: np.ndarray
-    stripe_frequency: np.ndarray
-    stripe_phase: np.ndarray
-    midline_gain: np.ndarray
-
-    @property
-    def centre_shift(self) -> np.ndarray:
-        """Distance (px) from the outline's centre forward to the body's centre of mass."""
-        return self.half_length * (TAPER / 4.0)
-
-    @property
-    def extent(self) -> np.ndarray:
-        """Largest distance (px) from the centre of mass to a body point (the tail tip)."""
-        return self.half_length + self.centre_shift
-
-    def table(self) -> np.ndarray:
-        """float64 (N, 9) for the kernels: the fields in order, then the centre shift."""
-        return np.ascontiguousarray(np.stack(
-            [getattr(self, f.name) for f in dataclasses.fields(self)] + [self.centre_shift], axis=1))
-
-
-def draw_appearance(rng: np.random.Generator, n: int, body_length_px: float, spread: float) -> Appearance:
-    """Random animals; ``spread`` in [0, 1] scales every difference between them.
-
-    All draws happen whatever the spread, so a seed gives the same random sequence.
-    """
-    size = 1.0 + spread * rng.uniform(-0.2, 0.2, n)
-    length = body_length_px * size
-    return Appearance(
-        half_length=length / 2.0,
-        half_width=HALF_WIDTH_RATIO * length,
-        contrast=120.0 + spread * rng.uniform(-35.0, 35.0, n),
-        head_gain=0.15 + spread * rng.uniform(-0.15, 0.2, n),
-        stripe_amplitude=spread * rng.uniform(0.0, 0.35, n),
-        stripe_frequency=rng.uniform(1.5, 3.5, n),
-        stripe_phase=rng.uniform(0.0, 2.0 * math.pi, n),
-        midline_gain=spread * rng.uniform(-0.25, 0.25, n),
-    )
-
-
-def simulate_motion(rng: np.random.Generator, n_frames: int, width: int, height: int,
-                    margin: np.ndarray, speed_px: float, body_length_px: float) -> tuple[np.ndarray, np.ndarray]:
-    """Correlated random walks whose centres keep ``margin`` (float (N,), px) from the edges.
-
-    speed_px: mean speed in pixels per frame. Returns positions float64 (F, N, 2) (x, y) and
-    headings float64 (F, N) in radians.
-    """
-    n = margin.shape[0]
-    lo = np.ascontiguousarray(np.stack([margin, margin], axis=1), dtype=np.float64)
-    hi = np.ascontiguousarray(np.stack([width - 1 - margin, height - 1 - margin], axis=1), dtype=np.float64)
-    start = rng.uniform(lo, hi)
-    heading = rng.uniform(-math.pi, math.pi, n)
-    mean_speed = speed_px * rng.uniform(0.7, 1.3, n)
-    turn_noise = rng.standard_normal((n_frames, n)) * 0.1
-    speed_noise = rng.standard_normal((n_frames, n)) * (0.25 * speed_px)
-    positions = np.empty((n_frames, n, 2))
-    headings = np.empty((n_frames, n))
-    _walk(start, heading, mean_speed, lo, hi, turn_noise, speed_noise, float(speed_px),
-          float(body_length_px), positions, headings)
-    return positions, headings
-
-
-@njit(cache=True)
-def _wrap_angle(angle: float) -> float:
-    """An angle wrapped to [-pi, pi)."""
-    return (angle + math.pi) % (2.0 * math.pi) - math.pi
-
-
-@njit(cache=True)
-def _walk(start, heading0, mean_speed, lo, hi, turn_noise, speed_noise, speed_px, body_length,
-          positions, headings):  # pragma: no cover - compiled
-    """The random-walk recurrence of :func:`simulate_motion`, writing positions and headings."""
-    n_frames, n = turn_noise.shape
-    pos = start.copy()
-    heading = heading0.copy()
-    speed = mean_speed.copy()
-    turn = np.zeros(n)
-    steer = np.zeros(n)
-    lookahead = 1.5 * body_length
-    for t in range(n_frames):
-        positions[t] = pos
-        headings[t] = heading
-        for i in range(n):
-            hx, hy = math.cos(heading[i]), math.sin(heading[i])
-            # Soft walls: turn away from a wall the look-ahead point has crossed, harder the deeper.
-            ax, ay = pos[i, 0] + hx * lookahead, pos[i, 1] + hy * lookahead
-            px = (max(lo[i, 0] - ax, 0.0) - max(ax - hi[i, 0], 0.0)) / lookahead
-            py = (max(lo[i, 1] - ay, 0.0) - max(ay - hi[i, 1], 0.0)) / lookahead
-            strength = min(math.hypot(px, py), 1.0)
-            steer[i] = 0.35 * strength * _wrap_angle(math.atan2(py, px) - heading[i]) if strength > 0 else 0.0
-            # Mild attraction to the nearest neighbour when it is far, so animals meet about
-            # as often as in a shoal or a small arena, not as rarely as independent walkers.
-            best, bx, by = math.inf, 0.0, 0.0
-            for j in range(n):
-                if j != i:
-                    dx, dy = pos[j, 0] - pos[i, 0], pos[j, 1] - pos[i, 1]
-                    d = math.hypot(dx, dy)
-                    if d < best:
-                        best, bx, by = d, dx, dy
-            if best < math.inf and best > 2.0 * body_length:
-                steer[i] += 0.04 * _wrap_angle(math.atan2(by, bx) - heading[i])
-        for i in range(n):
-            # Turning rate is an AR(1) process: heading persistence over ~4 frames.
-            turn[i] = 0.75 * turn[i] + turn_noise[t, i]
-            heading[i] = _wrap_angle(heading[i] + turn[i] + steer[i])
-            speed[i] = min(max(speed[i] + 0.1 * (mean_speed[i] - speed[i]) + speed_noise[t, i], 0.0), 3.0 * speed_px)
-            pos[i, 0] += speed[i] * math.cos(heading[i])
-            pos[i, 1] += speed[i] * math.sin(heading[i])
-            # Hard walls: mirror a step that leaves the allowed box, and the heading with it.
-            if pos[i, 0] < lo[i, 0] or pos[i, 0] > hi[i, 0]:
-                edge = lo[i, 0] if pos[i, 0] < lo[i, 0] else hi[i, 0]
-                pos[i, 0] = min(max(2.0 * edge - pos[i, 0], lo[i, 0]), hi[i, 0])
-                heading[i] = _wrap_angle(math.pi - heading[i])
-            if pos[i, 1] < lo[i, 1] or pos[i, 1] > hi[i, 1]:
-                edge = lo[i, 1] if pos[i, 1] < lo[i, 1] else hi[i, 1]
-                pos[i, 1] = min(max(2.0 * edge - pos[i, 1], lo[i, 1]), hi[i, 1])
-                heading[i] = _wrap_angle(-heading[i])
-
-
-def illumination(rng: np.random.Generator, width: int, height: int, uneven: float) -> np.ndarray:
-    """Gain float32 (height, width) in [1 - uneven, 1]: a vignette plus a linear gradient."""
-    if uneven <= 0:
-        return np.ones((height, width), np.float32)
-    x = (np.arange(width, dtype=np.float32) - (width - 1) / 2) / (width / 2)
-    y = (np.arange(height, dtype=np.float32) - (height - 1) / 2) / (height / 2)
-    angle = rng.uniform(0.0, 2.0 * math.pi)
-    vignette = x[None, :] ** 2 + y[:, None] ** 2
-    gradient = math.cos(angle) * x[None, :] + math.sin(angle) * y[:, None]
-    field = 0.6 * vignette + 0.4 * gradient
-    field = (field - field.min()) / max(float(field.max() - field.min()), 1e-6)
-    return (1.0 - uneven * field).astype(np.float32)
-
-
-# --------------------------------------------------------------------- body rasterisation
-# Columns of Appearance.table().
-_A, _B, _CONTRAST, _HEAD, _STRIPE_AMP, _STRIPE_FREQ, _STRIPE_PHASE, _MIDLINE, _SHIFT = range(9)
-
-
-@njit(cache=True)
-def _interval(base: float, slope: float, lo: float, hi: float) -> tuple[float, float]:
-    """The t with lo <= base + slope * t <= hi, as (start, stop); empty when start > stop."""
-    if abs(slope) < 1e-12:
-        return (-math.inf, math.inf) if lo <= base <= hi else (1.0, 0.0)
-    t0, t1 = (lo - base) / slope, (hi - base) / slope
-    return (t0, t1) if t0 <= t1 else (t1, t0)
-
-
-@njit(cache=True)
-def _raster(cx, cy, co, si, look, ox, oy, inside, dark, limit):  # pragma: no cover - compiled
-    """Draw one body on a grid whose pixel (row r, column c) is image pixel (ox + c, oy + r).
-
-    A pixel is a body pixel when its centre is inside the outline. Sets ``inside`` (bool, 2-D)
-    there and, when ``dark`` is not empty, its contrast (float32, 2-D, same shape). Every
-    caller draws bodies through here, so images and crossing flags agree to the pixel.
-    """
-    rows, cols = inside.shape
-    a, b, shift = look[_A], look[_B], look[_SHIFT]
-    widest = b * (1.0 + TAPER)
-    want_dark = dark.shape[0] > 0
-    base_x = ox - cx
-    for r in range(rows):
-        dy = (oy + r) - cy
-        # Columns whose pixel may be inside the body's bounding box in the body frame:
-        # -a <= u <= a and |v| <= widest, each linear in dx; one column of slack each side.
-        u0, u1 = _interval(dy * si + shift, co, -a, a)
-        v0, v1 = _interval(dy * co, -si, -widest, widest)
-        lo_dx, hi_dx = max(u0, v0), min(u1, v1)
-        if lo_dx > hi_dx:
-            continue
-        c_start = max(int(math.floor(lo_dx - base_x)) - 1, 0)
-        c_stop = min(int(math.ceil(hi_dx - base_x)) + 2, cols)
-        for c in range(c_start, c_stop):
-            dx = (ox + c) - cx
-            u = dx * co + dy * si + shift  # forward from the outline's centre
-            v = dy * co - dx * si  # to the animal's right
-            un = u / a
-            along = 1.0 - un * un
-            if along < 0.0:
-                continue
-            w = b * (1.0 + TAPER * un)
-            if v * v > w * w * along:
-                continue
-            inside[r, c] = True
-            if want_dark:
-                head = min(max((un - 0.2) * 2.5, 0.0), 1.0)
-                pattern = 1.0 + look[_HEAD] * head
-                stripe = 0.5 * (1.0 + math.cos(2.0 * math.pi * look[_STRIPE_FREQ] * un + look[_STRIPE_PHASE]))
-                pattern *= 1.0 - look[_STRIPE_AMP] * stripe
-                midline = min(max(1.0 - v * v / (0.36 * w * w), 0.0), 1.0)
-                pattern *= 1.0 + look[_MIDLINE] * midline
-                dark[r, c] = min(max(look[_CONTRAST] * pattern, 0.0), limit)
-
-
-@njit(cache=True)
-def _raster_all(cx, cy, cos, sin, look, ox, oy, inside, dark, limit):  # pragma: no cover - compiled
-    """:func:`_raster` for M bodies on (M, K, K) grids; ``dark`` may be empty (masks only)."""
-    want_dark = dark.shape[0] > 0
-    no_dark = np.zeros((0, 0), np.float32)
-    for m in range(cx.shape[0]):
-        _raster(cx[m], cy[m], cos[m], sin[m], look[m], ox[m], oy[m], inside[m],
-                dark[m] if want_dark else no_dark, limit)
-
-
-@njit(cache=True)
-def _composite(image, dark, ox, oy, level, sign, gain, noise, scratch):  # pragma: no cover - compiled
-    """Paint M blurred contrast boxes (float32 (M, K, K)) onto ``image`` (uint8, noisy ground).
-
-    Where bodies overlap the stronger contrast shows (one animal above the other). Pixels
-    without contrast keep the precomputed noisy ground. ``scratch`` is a float32 (H, W) buffer
-    of zeros, returned to zeros.
-    """
-    height, width = image.shape
-    count, k = dark.shape[0], dark.shape[1]
-    for m in range(count):
-        for r in range(k):
-            y = oy[m] + r
-            if 0 <= y < height:
-                for c in range(k):
-                    x = ox[m] + c
-                    if 0 <= x < width and dark[m, r, c] > scratch[y, x]:
-                        scratch[y, x] = dark[m, r, c]
-    half = np.float32(0.5)
-    for m in range(count):
-        for r in range(k):
-            y = oy[m] + r
-            if 0 <= y < height:
-                for c in range(k):
-                    x = ox[m] + c
-                    if 0 <= x < width and scratch[y, x] > 0:
-                        value = (level + sign * scratch[y, x]) * gain[y, x] + np.float32(noise[y, x]) + half
-                        image[y, x] = np.uint8(min(max(value, np.float32(0.0)), np.float32(255.0)))
-                        scratch[y, x] = 0
-
-
-@njit(cache=True)
-def _crossings(positions, cos, sin, look, reach, radius, distance, out):  # pragma: no cover - compiled
-    """Set out[f, i] (bool (F, N)) when animal i's body pixels lie within ``distance`` pixels
-    (Chebyshev) of another animal's in frame f. reach: float (N,) the body extents plus slack."""
-    n_frames, n = out.shape
-    k = 2 * radius + 1
-    size = k + 2 * distance
-    mask_a = np.zeros((k, k), np.bool_)
-    mask_b = np.zeros((size, size), np.bool_)
-    no_dark = np.zeros((0, 0), np.float32)
-    for f in range(n_frames):
-        for i in range(n):
-            for j in range(i + 1, n):
-                if out[f, i] and out[f, j]:
-                    continue
-                xi, yi, xj, yj = positions[f, i, 0], positions[f, i, 1], positions[f, j, 0], positions[f, j, 1]
-                if math.hypot(xi - xj, yi - yj) > reach[i] + reach[j]:
-                    continue
-                ox, oy = int(math.floor(xi)) - radius, int(math.floor(yi)) - radius
-                mask_a[:] = False
-                mask_b[:] = False
-                _raster(xi, yi, cos[f, i], sin[f, i], look[i], ox, oy, mask_a, no_dark, 0.0)
-                _raster(xj, yj, cos[f, j], sin[f, j], look[j], ox - distance, oy - distance, mask_b, no_dark, 0.0)
-                touch = False
-                for r in range(k):
-                    for c in range(k):
-                        if mask_a[r, c]:
-                            # mask_b's row r + distance is mask_a's row r.
-                            for dr in range(2 * distance + 1):
-                                for dc in range(2 * distance + 1):
-                                    if mask_b[r + dr, c + dc]:
-                                        touch = True
-                                        break
-                                if touch:
-                                    break
-                        if touch:
-                            break
-                    if touch:
-                        break
-                if touch:
-                    out[f, i] = True
-                    out[f, j] = True
 
 
 class SimulatedArena:
@@ -418,7 +117,7 @@ class SimulatedArena:
         if self.number_of_animals > 1:
             # Bodies farther apart than the sum of their extents (plus slack) cannot touch.
             reach = self.appearance.extent + 1.0 + self.touch_distance_px / 2.0
-            _crossings(self.positions, self._cos, self._sin, self._look, reach, self._body_radius,
+            crossings_of(self.positions, self._cos, self._sin, self._look, reach, self._body_radius,
                        self.touch_distance_px, out)
         return out
 
@@ -433,7 +132,7 @@ class SimulatedArena:
         ox = np.floor(cx).astype(np.int64) - self._body_radius
         oy = np.floor(cy).astype(np.int64) - self._body_radius
         inside = np.zeros((cx.shape[0], k, k), bool)
-        _raster_all(cx, cy, cos, sin, self._look[ids], ox, oy, inside, np.zeros((0, 0, 0), np.float32), 0.0)
+        raster_all(cx, cy, cos, sin, self._look[ids], ox, oy, inside, np.zeros((0, 0, 0), np.float32), 0.0)
         return inside, np.stack([ox, oy], axis=1)
 
     def body_area_px(self) -> np.ndarray:
@@ -448,7 +147,7 @@ class SimulatedArena:
         inside = np.zeros((n, k, k), bool)
         dark = np.zeros((n, k, k), np.float32)
         origin = np.full(n, 100 - self._body_radius, np.int64)
-        _raster_all(np.full(n, 100.25), np.full(n, 100.25), np.ones(n), np.zeros(n), self._look,
+        raster_all(np.full(n, 100.25), np.full(n, 100.25), np.ones(n), np.zeros(n), self._look,
                     origin, origin, inside, dark, self._limit)
         values = dark[inside]
         return float(values.min()), float(values.max())
@@ -517,7 +216,7 @@ class SimulatedArena:
         oy = np.floor(cy).astype(np.int64) - self._radius
         inside = np.zeros((m, k, k), bool)
         dark = np.zeros((m, k, k), np.float32)
-        _raster_all(cx, cy, cos, sin, self._look[animals], ox, oy, inside, dark, self._limit)
+        raster_all(cx, cy, cos, sin, self._look[animals], ox, oy, inside, dark, self._limit)
         if self._blur_radius:
             # One call for all animals: the stacked boxes have zero borders wider than the
             # kernel, so no animal bleeds into the next box.
@@ -526,7 +225,7 @@ class SimulatedArena:
             dark = cv2.GaussianBlur(dark.reshape(m * k, k), (size, size), sigma, sigmaY=sigma,
                                     borderType=cv2.BORDER_CONSTANT).reshape(m, k, k)
         sign = 1.0 if self.light_on_dark else -1.0
-        _composite(image, dark, ox, oy, np.float32(self.ground_level), np.float32(sign), self._gain,
+        composite(image, dark, ox, oy, np.float32(self.ground_level), np.float32(sign), self._gain,
                    self._noise[noise_index], self._scratch)
         return image
 
@@ -560,78 +259,3 @@ class SimulatedArena:
             "area_ths": [round(max(0.3 * min_area, 4.0), 1), math.inf],
             "use_bkg": not separable,
         }
-
-
-def write_simulation(out_dir: Path, cfg: SimConfig, number_of_animals: int, progress: bool = False) -> dict[str, Path]:
-    """Render a simulated arena to ``out_dir`` with its ground truth and a parameter file.
-
-    Writes ``video.avi`` (lossless FFV1 when available), ``groundtruth.csv`` (frame,id,x,y,crossing;
-    0-based frames, ids 1..N, crossing 0/1), ``groundtruth.npz`` (positions, headings, crossing,
-    body_length_px, fps, animal_body_length_px) and ``params.toml`` (a toxrt parameter file that
-    tracks the video). Returns the paths by kind: video, csv, npz, params.
-    """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ToxrtError(f"{out_dir}: cannot create the output folder: {exc.strerror}") from None
-    arena = SimulatedArena(cfg, number_of_animals)
-    paths = {
-        "video": out_dir / "video.avi",
-        "csv": out_dir / "groundtruth.csv",
-        "npz": out_dir / "groundtruth.npz",
-        "params": out_dir / "params.toml",
-    }
-    _write_video(paths["video"], arena, progress)
-    _write_csv(paths["csv"], arena)
-    np.savez_compressed(
-        paths["npz"], positions=arena.positions, headings=arena.headings, crossing=arena.crossing,
-        body_length_px=arena.body_length_px, fps=arena.fps,
-        animal_body_length_px=2.0 * arena.appearance.half_length)
-    params = {
-        "name": "simulation",
-        "video_paths": [paths["video"].name],
-        "number_of_animals": number_of_animals,
-        **arena.tracking_parameters(),
-        "frames_per_second": arena.fps,
-        "sim": config_to_dict(cfg),
-    }
-    paths["params"].write_text(
-        "# Written by toxrt.sim.arena.write_simulation: tracks video.avi in this folder.\n" + to_toml(params))
-    logger.info("wrote a simulated arena (%d frames, %d animals) to %s", arena.n_frames, number_of_animals, out_dir)
-    return paths
-
-
-def _write_video(path: Path, arena: SimulatedArena, progress: bool) -> None:
-    size = (arena.width, arena.height)
-    writer = None
-    for codec in VIDEO_CODECS:
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), arena.fps, size, isColor=False)
-        if writer.isOpened():
-            if codec == "MJPG":
-                writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 100)
-            break
-        writer.release()
-        writer = None
-    if writer is None:
-        raise ToxrtError(f"{path}: OpenCV cannot write a video with any of the codecs {VIDEO_CODECS}")
-    frames = arena.frames()
-    if progress:
-        from tqdm import tqdm
-        frames = tqdm(frames, total=arena.n_frames, desc="simulate", unit="frame")
-    try:
-        for _, image in frames:
-            writer.write(image)
-    finally:
-        writer.release()
-
-
-def _write_csv(path: Path, arena: SimulatedArena) -> None:
-    crossing = arena.crossing
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["frame", "id", "x", "y", "crossing"])
-        for f in range(arena.n_frames):
-            for i in range(arena.number_of_animals):
-                x, y = arena.positions[f, i]
-                writer.writerow([f, i + 1, f"{x:.4f}", f"{y:.4f}", int(crossing[f, i])])

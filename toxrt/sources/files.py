@@ -1,9 +1,4 @@
-"""Frame sources: video files, image sequences and the simulated arena.
-
-Every source follows :class:`FrameSource`: it knows its size and frame rate, iterates grey
-:class:`~toxrt.types.Frame` objects with 0-based indices, and is closed when done. Live sources
-(cameras, network streams, real-time replay) live in ``live_source.py`` and follow the same protocol,
-so the pipeline never needs to know where frames come from.
+"""Video files and image sequences, one after another, as a recorded :class:`FrameSource`.
 
 File decoding runs in a reader thread a few frames ahead of the tracker: OpenCV releases the GIL
 while decoding, so on two cores tracking costs little beyond the decoding itself.
@@ -16,41 +11,19 @@ import os
 import queue
 import re
 import threading
-from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from ..config import Config
-from .decode import luma_table, open_video, read_grey
 from ..errors import SourceError
 from ..types import Frame
+from .decode import luma_table, open_video, read_grey
+from .protocol import RecordedSource
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class FrameSource(Protocol):
-    fps: float
-    width: int
-    height: int
-    n_frames: int | None  # None for endless live sources
-    description: str
-    stopped_early_at: int | None  # the frame index at which a file broke off, if it did
-
-    def __iter__(self) -> Iterator[Frame]: ...
-
-    def close(self) -> None: ...
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    if image.ndim == 2:
-        return image
-    if image.shape[2] == 1:
-        return image[:, :, 0]
-    return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
 def _is_image_sequence(path: str) -> bool:
@@ -126,7 +99,7 @@ class _VideoReader:
         return next(iter(self.read(index, index + 1)), None)
 
 
-class VideoSource:
+class VideoSource(RecordedSource):
     """Video files or image sequences, one after another, with frame indices running on across them.
 
     ``intervals`` restricts tracking to [start, end) frame ranges (idtracker.ai's tracking_intervals);
@@ -273,56 +246,3 @@ def prefetched(frames: Iterator[Frame], depth: int, stop: threading.Event,
     finally:
         stop.set()
         thread.join(timeout=2.0)
-
-
-class SimulatedSource:
-    """The built-in simulated arena as a source; its ground truth stays available on ``arena``."""
-
-    def __init__(self, config: Config):
-        from ..sim.arena import SimulatedArena
-
-        self.arena = SimulatedArena(config.sim, config.number_of_animals)
-        self.width, self.height = self.arena.width, self.arena.height
-        self.fps = config.frames_per_second or self.arena.fps
-        self.n_frames = self.arena.n_frames
-        self.description = f"simulated arena ({config.number_of_animals} animals, {self.width}x{self.height})"
-        self.stopped_early_at = None
-
-    def __iter__(self) -> Iterator[Frame]:
-        for index, image in self.arena.frames():
-            yield Frame(index, index / self.fps, image)
-
-    def sample(self, count: int) -> list[np.ndarray]:
-        wanted = np.linspace(0, self.n_frames - 1, num=min(count, self.n_frames)).astype(int)
-        return [self.arena.frame(int(i)) for i in wanted]
-
-    def close(self) -> None:
-        pass
-
-
-def open_source(config: Config) -> FrameSource:
-    """The source named by ``config.video_paths``: ``sim:`` for the simulated arena, else files."""
-    paths = config.video_paths
-    if not paths:
-        raise SourceError("video_paths: no video given (set video_paths in the parameter file or with --video_paths)")
-    if config.is_simulated:
-        if config.number_of_animals < 1:
-            raise SourceError("number_of_animals: the simulated arena needs at least one animal")
-        return SimulatedSource(config)
-    live = [p for p in paths if p.startswith("camera:") or "://" in p]
-    if live:
-        from .cameras import open_live_source  # cameras and streams, with their grabbing thread
-
-        return open_live_source(config)
-    return VideoSource(paths, config.frames_per_second, config.tracking_intervals)
-
-
-def video_name(config: Config) -> str:
-    """The session name: ``name`` if given, else the first video's file name without suffix."""
-    if config.name:
-        return config.name
-    first = config.video_paths[0] if config.video_paths else "session"
-    if first.startswith("sim:"):
-        return first[4:] or "simulated"
-    stem = Path(first.rstrip("/")).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.replace("%", "")) or "session"

@@ -1,9 +1,9 @@
-"""What a live session exchanges with the outside world each frame.
+"""What a tracking run exchanges with the outside world each frame.
 
 Positions go out on the ZeroMQ publisher (``publish.py``); markers from a stimulus program come in
 on the marker socket (``markers.py``); status events of a live source (lost, regained, frames
-dropped) are forwarded. ``LiveLink.after_frame`` does all of it without ever waiting, and returns
-the events the session must record.
+dropped) are forwarded. ``LiveStream.after_frame`` does all of it without ever waiting, and returns
+the events the run must record.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config import StreamingConfig
+from ..sources.protocol import FrameSource
 from ..types import FrameResult, Status
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,11 @@ def animal_arrays(result: FrameResult) -> dict[str, np.ndarray]:
     identities when an animal leaves it as a new fragment).
     """
     blobs = result.blobs
-    individual = np.flatnonzero(~blobs.is_crossing)
+    individual = np.flatnonzero(~result.is_crossing)
     rows = [individual]
     ids = [result.identity[individual]]
     probabilities = [result.probability[individual]]
-    crossings = np.flatnonzero(blobs.is_crossing)
+    crossings = np.flatnonzero(result.is_crossing)
     placed = set(ids[0][ids[0] > 0].tolist()) if crossings.size else set()
     for j in crossings:
         members = [m for m in result.crossing_identities.get(int(result.fragment[j]), ()) if m[0] not in placed]
@@ -57,17 +58,17 @@ def animal_arrays(result: FrameResult) -> dict[str, np.ndarray]:
     }
 
 
-def link_wanted(cfg: StreamingConfig, live: bool) -> bool:
+def sockets_wanted(cfg: StreamingConfig, live: bool) -> bool:
     """Whether a session opens its sockets: ``publish = "auto"`` does for live (and real-time) sources
     only, so a file tracked at full speed binds no port unless ``publish = "on"``."""
     return cfg.publish == "on" or (cfg.publish == "auto" and live)
 
 
-class LiveLink:
+class LiveStream:
     """The publisher and the marker receiver of one session, as configured in ``[streaming]``.
 
-    ``live`` says whether the source is live or replayed in real time (see :func:`link_wanted`);
-    when the link is not wanted nothing is bound and ``after_frame`` only forwards source events.
+    ``live`` says whether the source is live or replayed in real time (see :func:`sockets_wanted`);
+    when the sockets are not wanted nothing is bound and ``after_frame`` only forwards source events.
     """
 
     def __init__(self, cfg: StreamingConfig, live: bool = True):
@@ -77,7 +78,7 @@ class LiveLink:
         self.publisher = None
         self.markers = None
         self.stop_requested = False
-        if not link_wanted(cfg, live):
+        if not sockets_wanted(cfg, live):
             return
         try:
             if cfg.publish_address:
@@ -93,12 +94,9 @@ class LiveLink:
             self.close()
             raise
 
-    def after_frame(self, result: FrameResult, t_capture: float, source: Any) -> list[dict]:
+    def after_frame(self, result: FrameResult, t_capture: float, source: FrameSource) -> list[dict]:
         """Publish the frame, forward source events, take markers in; returns events to record."""
-        to_record: list[dict] = []
-        drain = getattr(source, "drain_events", None)
-        if drain is not None:
-            to_record.extend(drain())
+        to_record: list[dict] = source.drain_events()
         if self.markers is not None:
             for marker in self.markers.drain():
                 # Markers go out on the event topic too, so every subscriber sees the stimulus timeline.
@@ -107,7 +105,7 @@ class LiveLink:
                     log.warning("stop marker received at frame %d", result.frame_index)
                     self.stop_requested = True
         if self.publisher is not None:
-            self.publisher.source_dropped = int(getattr(source, "dropped", 0))
+            self.publisher.source_dropped = int(source.dropped)
             self.publisher.publish_positions(result.frame_index, t_capture, **animal_arrays(result))
             for event in result.events:
                 self.publisher.publish_event(event)

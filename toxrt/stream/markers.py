@@ -27,14 +27,14 @@ from typing import Any
 
 import zmq
 
-from ..config import zmq_address_problem
+from ..config_checks import DEFAULT_MARKER_ADDRESS, DEFAULT_PUBLISH_FORMAT, zmq_address_problem
 from ..errors import ToxrtError
 from ..log_limit import WarningLimiter
-from .publish import bind_socket, check_format, decode, encode, receive_until
+from .sockets import bind_socket, receive_until
+from .wire import check_format, decode, encode
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MARKER_ADDRESS = "tcp://127.0.0.1:5557"
 _POLL_MS = 100  # how often the receiving thread checks for close()
 MAX_MARKER_BYTES = 64 * 1024  # a marker is a label and a few values; bigger is a mistake
 MAX_MARKER_DEPTH = 16  # lists and maps inside the payload
@@ -162,7 +162,7 @@ class MarkerSender:
     (no session for ``hwm`` markers) is counted in ``dropped`` and False is returned.
     """
 
-    def __init__(self, address: str = DEFAULT_MARKER_ADDRESS, fmt: str = "msgpack", hwm: int = 1000,
+    def __init__(self, address: str = DEFAULT_MARKER_ADDRESS, fmt: str = DEFAULT_PUBLISH_FORMAT, hwm: int = 1000,
                  linger_s: float = 1.0, context: zmq.Context | None = None):
         problem = zmq_address_problem(address)
         if problem:
