@@ -158,7 +158,7 @@ def test_every_identified_position_has_a_positive_probability(tracked):
 
 
 def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
-    from toxrt.offline.refine import RefineOptions, refine_session
+    from toxrt.offline.refine import refine_session
 
     summary, truth, body_length, _ = tracked
     folder = tmp_path / "session"
@@ -168,7 +168,7 @@ def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
         saved = {k: data[k] for k in data.files}
     saved["identity"] = np.random.default_rng(0).integers(1, ANIMALS + 1, saved["identity"].size)
     np.savez(folder / FRAGMENT_IDENTITIES, **saved)
-    refined = refine_session(folder, RefineOptions(), progress=False)
+    refined = refine_session(folder, progress=False)  # the session's [refine] table: accumulation
     assert refined.status == "refined"
     trajectories, _, _ = load_trajectories(folder)
     assert evaluate(trajectories, truth, body_length).accuracy_solo >= 0.995

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,8 @@ from toxrt.batch_cluster import machine_cores, run_on_dask, start_cluster, threa
 from toxrt.config import build_config
 from toxrt.errors import ConfigError, ToxrtError
 from toxrt.sim.writer import write_simulation
+
+from .helpers import free_port, toxrt
 
 pytest.importorskip("distributed")  # a failure under CI=true: `make .venv/.full` installs it
 
@@ -241,16 +242,9 @@ def test_task_threads_are_capped_and_restored():
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(ToxrtError, match=f"--scheduler tcp://127.0.0.1:{port}: cannot connect"):
         start_cluster(f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
-
-
-def toxrt(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
 
 
 def test_batch_command_on_an_existing_dask_cluster(tmp_path):
@@ -258,9 +252,7 @@ def test_batch_command_on_an_existing_dask_cluster(tmp_path):
     params = simulate(tmp_path / "v0", seed=0)
     simulate(tmp_path / "v1", seed=1)
     corrupt(tmp_path / "v2", params)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     dask = str(Path(sys.executable).with_name("dask"))
     address = f"tcp://127.0.0.1:{port}"
     scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),

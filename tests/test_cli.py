@@ -1,13 +1,8 @@
 """Bad input from the command line: one line naming the problem, a non-zero exit, no traceback."""
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 
-
-def toxrt(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+from .helpers import toxrt
 
 
 def assert_one_line_error(result, *fragments):

@@ -16,6 +16,8 @@ import numpy as np
 from toxrt.config import build_config, config_to_dict, to_toml
 from toxrt.sim.arena import SimulatedArena
 
+from .helpers import toxrt
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
@@ -31,11 +33,6 @@ def arena_params(tmp_path: Path, frames: int, realtime: bool) -> Path:
     path = tmp_path / "params.toml"
     path.write_text(to_toml(config_to_dict(config)))
     return path
-
-
-def toxrt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, env=ENV,
-                          timeout=300)
 
 
 def wait_for_frames(session: Path, frames: int, process: subprocess.Popen, timeout_s: float = 60) -> int:

@@ -3,7 +3,7 @@ import numpy as np
 
 from toxrt.config import LinkingConfig
 from toxrt.linker import Linker
-from tests.helpers import make_blobs
+from .helpers import make_blobs
 
 CFG = LinkingConfig(max_unmatched_frames=3, crossing_release_frames=5)
 

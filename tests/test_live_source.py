@@ -16,25 +16,11 @@ from toxrt.sources.cameras import CaptureSource, open_live_source, parse_live_sp
 from toxrt.sources.realtime import IterableSource, RealtimeSource
 from toxrt.types import Frame
 
+from .helpers import FakeClock, free_port
+
 
 def images(n: int, shape=(6, 8)) -> list[np.ndarray]:
     return [np.full(shape, k, np.uint8) for k in range(n)]
-
-
-class FakeClock:
-    """A clock whose ``sleep`` advances time; ``gate`` (optional) makes each sleep wait for the consumer."""
-
-    def __init__(self, t0: float, gate: threading.Semaphore | None = None):
-        self.t, self.gate, self.sleeps = t0, gate, []
-
-    def time(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        if self.gate is not None:
-            assert self.gate.acquire(timeout=10)
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 def test_parse_live_spec():
@@ -171,12 +157,6 @@ def test_capture_source_gives_up_after_the_reconnect_timeout():
 def test_capture_that_opens_but_delivers_nothing_is_an_error():
     with pytest.raises(SourceError, match="no frame arrived"):
         CaptureSource(lambda: FakeCapture([]), "silent camera")
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_unknown_camera_and_unreachable_urls_fail_quickly_with_a_clear_error():

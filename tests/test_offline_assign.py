@@ -7,7 +7,7 @@ import pytest
 from toxrt.offline import assign, cluster
 from toxrt.fragments import build_fragment_table, coexisting_pairs, global_fragments
 
-from .test_offline_fake import make_fake_session
+from .helpers import make_fake_session
 
 
 def csr(n, pairs):

@@ -2,9 +2,11 @@
 
 The live engine (``toxrt.tracking.run_tracking``) tracks a small simulated arena and records its
 session folder; the identity column of ~20 % of the individual fragments is then rewritten in the
-recorded blob chunks, and the live trajectories are rewritten from those identities (as if the live
-stage had confused those animals: refinement reads both). ``refine_session`` on that folder must
-give trajectories that are >= 99.5 % correct outside crossings against the simulator's ground truth.
+recorded blob chunks, the live trajectories are rewritten from those identities and the end of the
+session's decision (``fragment_identities.npz``) is removed, as if the live stage had confused those
+animals: refinement then starts from the recorded per-row identities. ``refine_session`` on that
+folder must give trajectories that are >= 99.5 % correct outside crossings against the simulator's
+ground truth.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from toxrt.config import build_config  # noqa: E402
 from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
 from toxrt.evaluation.metrics import evaluate  # noqa: E402
 from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.refine import refine_session  # noqa: E402
 from toxrt.trajectories import assemble_trajectories
 from toxrt.io.trajectory_files import write_trajectories  # noqa: E402
 from toxrt.io.layout import FRAGMENT_IDENTITIES  # noqa: E402
@@ -82,7 +85,7 @@ def rewrite_live_trajectories(folder: Path) -> None:
                                                                 ANIMALS, max_crossing_gap=50)
     meta = {**session.meta, "body_length": session.meta.get("body_length_px"), "source": "toxrt-live"}
     write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta, ["npy"])
-    (folder / FRAGMENT_IDENTITIES).unlink()  # the end-of-session decision would be the reference otherwise
+    (folder / FRAGMENT_IDENTITIES).unlink()  # else the end-of-session decision would be refine's reference
 
 
 def solo_accuracy(folder: Path, arena: SimulatedArena) -> float:
@@ -97,7 +100,7 @@ def test_refinement_recovers_scrambled_live_identities_of_an_engine_session(engi
     assert chosen.size >= 3
     assert solo_accuracy(folder, arena) < 0.9  # the rewrite really damaged the live identities
 
-    summary = refine_session(folder, RefineOptions(**FAST), progress=False)
+    summary = refine_session(folder, RefineConfig(**FAST), progress=False)
 
     assert summary.status == "refined" and summary.images_changed > 0
     trajectories, data, _ = load_trajectories(folder)

@@ -9,7 +9,7 @@ from toxrt.fragments import build_fragment_table, coexisting_pairs, global_fragm
 from toxrt.offline.dataset import ImageLoader, check_session, resize_batch
 from toxrt.offline.sampler import PairSampler
 
-from .test_offline_fake import make_fake_session
+from .helpers import make_fake_session
 
 
 def brute_force_pairs(start, end):

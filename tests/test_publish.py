@@ -29,7 +29,7 @@ def animals(n: int, seed: int, frame: int = 0) -> dict[str, np.ndarray]:
         "ids": np.arange(1, n + 1, dtype=np.int32),
         "x": rng.uniform(0, 640, n), "y": rng.uniform(0, 480, n),
         "heading": rng.uniform(-np.pi / 2, np.pi / 2, n), "area": rng.uniform(100, 400, n),
-        "status": rng.integers(0, 4, n).astype(np.uint8), "p": rng.random(n).astype(np.float32),
+        "status": rng.integers(0, len(Status), n).astype(np.uint8), "p": rng.random(n).astype(np.float32),
         "fragment": np.arange(n, dtype=np.int64) + 100,
     }
 
@@ -99,7 +99,7 @@ def test_encode_positions_of_a_frame_without_blobs():
 
 
 def test_status_names_follow_the_status_enum():
-    assert STATUS_NAMES == {0: "measured", 1: "predicted", 2: "crossing", 3: "lost"}
+    assert STATUS_NAMES == {0: "measured", 1: "predicted", 2: "crossing"}
     assert STATUS_NAMES[int(Status.CROSSING)] == "crossing"
 
 

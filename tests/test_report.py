@@ -67,7 +67,7 @@ def test_report_opens_in_chromium(session, tmp_path):
 
 
 def test_many_identities_get_a_heat_map(tmp_path):
-    from tests.test_stats import make_session
+    from .helpers import make_session
     from toxrt.outputs.report_figures import MAX_PANELS, probability_over_time
 
     rng = np.random.default_rng(0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,8 @@ from toxrt.stream.markers import MarkerSender
 from toxrt.tracking import run_tracking
 from toxrt.io.session_reader import load_session
 from toxrt.sim.arena import SimulatedArena
+
+from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "tests" / "clients"
@@ -64,12 +65,6 @@ while sub.poll(3000 if started else 30000):
 
 def node_client_available() -> bool:
     return shutil.which("node") is not None and (CLIENTS / "node_modules" / "zeromq").is_dir()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Subscriber:

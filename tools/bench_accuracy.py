@@ -157,9 +157,10 @@ def run_dataset(dataset: Dataset, out: Path, frames: int | None, refine_method: 
     online = online_trajectories(load_session(summary["session"]))
     refined = refined_summary = None
     if refine_method:
-        from toxrt.offline.refine import RefineOptions, refine_session
+        from toxrt.config import RefineConfig
+        from toxrt.offline.refine import refine_session
 
-        refined_summary = refine_session(Path(summary["session"]), RefineOptions(method=refine_method),
+        refined_summary = refine_session(Path(summary["session"]), RefineConfig(method=refine_method),
                                          progress=False)
         refined, _, _ = load_trajectories(summary["session"])
     engine_body_length = float(data.get("body_length") or math.nan)

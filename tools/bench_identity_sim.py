@@ -34,7 +34,8 @@ from toxrt.config import build_config  # noqa: E402
 from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
 from toxrt.evaluation.metrics import evaluate  # noqa: E402
 from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.refine import refine_session  # noqa: E402
 from toxrt.tracking import run_tracking  # noqa: E402
 from toxrt.io.session_reader import load_session  # noqa: E402
 from toxrt.sim.arena import SimulatedArena  # noqa: E402
@@ -57,7 +58,7 @@ def run_case(animals: int, spread: float, seed: int, frames: int, body_length: f
     folder = Path(summary["session"])
     track = evaluate(load_trajectories(folder)[0], truth, arena.body_length_px).accuracy_solo
     online = evaluate(online_trajectories(load_session(folder)), truth, arena.body_length_px).accuracy_solo
-    refined = refine_session(folder, RefineOptions(), progress=False)
+    refined = refine_session(folder, RefineConfig(), progress=False)
     refined_accuracy = evaluate(load_trajectories(folder)[0], truth, arena.body_length_px).accuracy_solo
     return {"animals": animals, "spread": spread, "seed": seed, "frames": frames, "online": online, "track": track,
             "estimated": summary.get("estimated_accuracy"), "refined": refined_accuracy,

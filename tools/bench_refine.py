@@ -19,7 +19,7 @@ Cases (``--cases``):
     .venv/bin/python tools/bench_refine.py --cases sim8_500 --repeats 3  # timing repeated
     .venv/bin/python tools/bench_refine.py --cases sim8_500 --option network=resnet18
 
-Refinement options (``--option key=value``, repeated) are ``RefineOptions`` fields; by default the
+Refinement options (``--option key=value``, repeated) are keys of the ``[refine]`` table (``toxrt.config.RefineConfig``); by default the
 CPU defaults. Each run starts from scratch (``resume=false``). The machine may be shared: run with
 ``--repeats`` and read the minimum and the spread. Results also go to ``<out>/bench_refine.json``.
 """
@@ -117,10 +117,11 @@ def refine_in_child(folder: Path, options: dict[str, Any]) -> dict[str, Any]:
 
 def child(folder: str, options_json: str) -> None:
     """The child process: refine, then print the summary and this process's peak RSS as one JSON line."""
-    from toxrt.offline.refine import RefineOptions, refine_session
+    from toxrt.config import RefineConfig
+    from toxrt.offline.refine import refine_session
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     t0 = time.monotonic()
-    summary = refine_session(Path(folder), RefineOptions(**json.loads(options_json)), progress=False)
+    summary = refine_session(Path(folder), RefineConfig(**json.loads(options_json)), progress=False)
     seconds = time.monotonic() - t0
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
     parser.add_argument("--option", action="append", type=parse_option, default=[],
-                        help="RefineOptions field as key=value (repeatable)")
+                        help="[refine] key as key=value (repeatable)")
     parser.add_argument("--repeats", type=int, default=1, help="refinements per case (timing spread)")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "refine")
     parser.add_argument("--verbose", action="store_true")

@@ -39,13 +39,15 @@ def run_tracking(
     overwrite: bool = False,
     stop: threading.Event | None = None,
     on_frame: Callable[[FrameResult], None] | None = None,
+    source: FrameSource | None = None,
 ) -> dict:
     """Track a whole source, record the session, fuse identities, write trajectories.
 
     Returns the summary dict (also stored in session.json). Ctrl+C (KeyboardInterrupt), ``stop``
     or a stop marker end the loop early; everything tracked so far is still finished and written.
+    ``source`` replaces the one ``config.video_paths`` names (e.g. a replay on an injected clock).
     """
-    source = open_source(config)
+    source = open_source(config) if source is None else source
     if config.streaming.realtime and not source.live:
         # The replay clock starts with the first frame the loop asks for, not while prepare() runs.
         source = RealtimeSource(source, source.fps, autostart=False)

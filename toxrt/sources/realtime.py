@@ -86,6 +86,11 @@ class RealtimeSource(ThreadedSource):
         if autostart:
             self.start()
 
+    @property
+    def started(self) -> bool:
+        """The replay clock runs (from construction, or from the first frame asked for)."""
+        return self._thread is not None
+
     def start(self) -> None:
         """Start the replay clock now (once; later calls do nothing)."""
         if self._thread is None and not self._stop.is_set():
