@@ -100,12 +100,12 @@ def test_global_fragment_needs_unique_consistent_identities():
     clean = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
     identity, _ = assign.assign_fragments(clean, np.array([5, 5, 5]), ptr, adj, members)
     np.testing.assert_array_equal(identity, [1, 2, 3])
-    state = assign._Assigner(clean, ptr, adj)
-    assign._accept_global_fragment(state, members[0])
+    state = assign.Assigner(clean, ptr, adj)
+    assign.accept_global_fragment(state, members[0])
     np.testing.assert_array_equal(state.identity, [1, 2, 3])
     clash = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]])
-    state = assign._Assigner(clash, ptr, adj)
-    assign._accept_global_fragment(state, members[0])
+    state = assign.Assigner(clash, ptr, adj)
+    assign.accept_global_fragment(state, members[0])
     np.testing.assert_array_equal(state.identity, [0, 0, 0])  # left to residual identification
     identity, _ = assign.assign_fragments(clash, np.array([5, 5, 5]), ptr, adj, members)
     assert sorted(identity) == [1, 2, 3]

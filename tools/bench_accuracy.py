@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from toxrt.config import load_config  # noqa: E402
 from toxrt.errors import ToxrtError  # noqa: E402
 from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
 from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.atomic import write_text_atomic  # noqa: E402
 from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
 from toxrt.tracking import run_tracking  # noqa: E402
 
@@ -291,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in dict.fromkeys(r["dataset"] for r in rows):
         print(f"body length {name}: {DATASETS[name].body_length_why}")
     report_path = args.out / "bench_accuracy.json"
-    with tempfile.NamedTemporaryFile("w", dir=args.out, suffix=".tmp", delete=False) as handle:
-        json.dump({"argv": sys.argv, "frames": args.frames, "rows": rows}, handle, indent=2, default=str)
-    Path(handle.name).replace(report_path)
+    write_text_atomic(report_path, json.dumps({"argv": sys.argv, "frames": args.frames, "rows": rows}, indent=2,
+                                              default=str))
     print(f"details: {report_path}")
     return 0 if len({r['dataset'] for r in rows}) == len(args.datasets) else 1
 

@@ -202,7 +202,7 @@ def _track(job: Job, report) -> dict:
     on_frame = None
     if report is not None:
         source = open_source(job.config)  # only for the frame count shown in the progress
-        total = getattr(source, "n_frames", None)
+        total = source.n_frames
         source.close()
         on_frame = _Throttled(lambda n: report(job.video, n, total), PROGRESS_INTERVAL_S)
     # An unfinished folder is what a killed worker left behind: it is tracked again from the start.

@@ -27,6 +27,7 @@ from .config_checks import (DEFAULT_MARKER_ADDRESS, DEFAULT_PUBLISH_ADDRESS, DEF
                             auto_or_between, between, control_characters, is_file_spec, name_problem, option,
                             unit_interval, zmq_address_problem)
 from .errors import ConfigError
+from .io.layout import PARAMETERS_TOML
 from .roi import parse_roi_entry
 
 BACKGROUND_STATS = ("median", "mean", "max", "min")
@@ -395,7 +396,8 @@ def load_session_config(session_dir: str | Path, path: str | Path | None = None,
     How the output tools (stats, report, video, export) get their settings: a session tracked with
     ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
     """
-    values = _read_toml(Path(session_dir) / "parameters.toml") if (Path(session_dir) / "parameters.toml").exists() else {}
+    parameters = Path(session_dir) / PARAMETERS_TOML
+    values = _read_toml(parameters) if parameters.exists() else {}
     for key, value in (_read_toml(Path(path)) if path is not None else {}).items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = {**values[key], **value}

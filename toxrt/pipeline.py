@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -111,6 +112,9 @@ class LiveTracker:
         if learn and config.appearance.live and setup.number_of_animals >= 2:
             self.learner = LiveAppearance(config.appearance, self.feature_shape, setup.number_of_animals,
                                           setup.frames_per_second, synchronous=config.appearance.live_inline)
+        # Seconds the last step spent in segmentation (0 when the reader thread detected), linking,
+        # and identities with the rest of the step (tools/bench_live.py reports them).
+        self.stage_seconds = (0.0, 0.0, 0.0)
 
     def detector(self) -> Callable[[Frame], Frame]:
         """Segmentation and features for another thread (with buffers of its own): a frame -> the
@@ -120,12 +124,15 @@ class LiveTracker:
         return lambda frame: dataclasses.replace(frame, blobs=segmenter.detect(frame.image))
 
     def step(self, frame: Frame) -> FrameResult:
+        t0 = time.perf_counter()
         if frame.blobs is not None:
             blobs = frame.blobs
             self.detected_ahead += 1
         else:
             blobs = self.segmenter.detect(frame.image)
+        t1 = time.perf_counter()
         link = self.linker.update(blobs)  # which blobs are crossings is the linker's decision
+        t2 = time.perf_counter()
         individual = np.flatnonzero(~link.is_crossing)
         features = model = log_proba = None
         if self.learner is not None:
@@ -154,6 +161,7 @@ class LiveTracker:
             events += [{"type": "fragment_start", "frame": frame.index, "fragment": f, "crossing": crossing[f]}
                        for f in link.started.tolist()]
             events += [{"type": "fragment_end", "frame": frame.index, "fragment": f} for f in link.ended.tolist()]
+        self.stage_seconds = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         return FrameResult(
             frame_index=frame.index,
             time_s=frame.time_s,

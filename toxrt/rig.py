@@ -34,6 +34,7 @@ import zmq
 from .config import load_config
 from .config_checks import is_file_spec
 from .errors import ConfigError
+from .io.layout import SESSION_JSON
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 CAMERA_KEYS = ("name", "source", "params", "publish_address", "marker_address")
@@ -286,7 +287,7 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
 
 def _summary(session: Path) -> dict:
     try:
-        return json.loads((session / "session.json").read_text()).get("summary") or {}
+        return json.loads((session / SESSION_JSON).read_text()).get("summary") or {}
     except (OSError, ValueError):
         return {}
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..config import Config
+if TYPE_CHECKING:  # config.py names these files too: only the type is needed here
+    from ..config import Config
 
 FORMAT = "toxrt-session-1"  # session.json's "format"
 SESSION_JSON = "session.json"

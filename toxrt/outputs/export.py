@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..io.atomic import atomic_path, write_text_atomic
 from ..types import MISSING_STATUS, STATUS_NAMES
 from .results import Results
 
@@ -47,7 +47,7 @@ def write_tidy_csv(results: Results, path: Path) -> Path:
         for column in columns[1:]:
             table = np.char.add(np.char.add(table, ","), column)
         lines += table.tolist()
-    _write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -60,8 +60,7 @@ def write_sleap_analysis(results: Results, path: Path) -> Path:
     t = results.trajectories  # (T, N, 2)
     known = ~np.isnan(t[..., 0])
     score = np.where(known, np.nan_to_num(results.probability, nan=0.0), np.nan)  # no score inside crossings
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as file:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as file:
         file.create_dataset("tracks", data=t.transpose(1, 2, 0)[:, :, None, :], compression="gzip")
         file.create_dataset("track_occupancy", data=known.astype(np.uint8), compression="gzip")
         file.create_dataset("point_scores", data=score.T[:, None, :], compression="gzip")
@@ -76,7 +75,6 @@ def write_sleap_analysis(results: Results, path: Path) -> Path:
         file.create_dataset("labels_path", data=str(results.folder).encode())
         file.create_dataset("provenance", data=json.dumps({"software": "toxrt", "version": __version__,
                                                            "frames_per_second": results.fps}).encode())
-    os.replace(tmp, path)
     return path
 
 
@@ -91,9 +89,3 @@ def export_session(results: Results, formats: list[str], out_dir: Path | None = 
     if "sleap" in formats:
         written.append(write_sleap_analysis(results, folder / f"{name}.analysis.h5"))
     return written
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

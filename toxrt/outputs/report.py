@@ -12,15 +12,16 @@ import datetime
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .. import __version__
-from . import report_figures as figures
 from ..config import Config
+from ..io.atomic import write_text_atomic
+from ..io.layout import OFFLINE_DIR
+from . import report_figures as figures
 from .results import Results
 from .stats import compute, per_animal, settings_text
 
@@ -102,7 +103,7 @@ def quality(results: Results) -> tuple[dict, list[str]]:
         "mean identity probability": first("mean_identity_probability"),
     }
     warnings = [str(w) for w in summary.get("warnings") or []]
-    refined = results.folder / "offline" / "refine_summary.json"
+    refined = results.folder / OFFLINE_DIR / "refine_summary.json"
     if data.get("source") == "toxrt-refined" and refined.exists():
         warnings += [f"refinement: {w}" for w in json.loads(refined.read_text()).get("warnings") or []]
     if measures["fraction identified"] is not None and measures["fraction identified"] < LOW_FRACTION_IDENTIFIED:
@@ -196,7 +197,4 @@ def build_report(results: Results, config: Config) -> str:
 def write_report(results: Results, config: Config, path: Path | None = None) -> Path:
     path = Path(path) if path else results.folder / REPORT_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(build_report(results, config), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, build_report(results, config))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import SessionError
+from ..io.layout import PARAMETERS_TOML, SESSION_JSON
 from ..io.trajectory_files import load_trajectories
 from ..types import MISSING_STATUS, Status
 
@@ -94,8 +95,8 @@ def load_results(session_dir: str | Path, px_per_cm: float | None = None) -> Res
     if not folder.is_dir():
         raise SessionError(f"{folder}: not a session folder (no such directory)")
     trajectories, data, npy = load_trajectories(folder)
-    meta = _read_json(folder / "session.json")
-    parameters = _read_toml(folder / "parameters.toml")
+    meta = _read_json(folder / SESSION_JSON)
+    parameters = _read_toml(folder / PARAMETERS_TOML)
     n_frames, n = trajectories.shape[:2]
     probability = np.asarray(data.get("id_probabilities", np.ones((n_frames, n))), np.float64).reshape(n_frames, n)
     fps = float(data.get("frames_per_second") or meta.get("frames_per_second") or 0) or 25.0

@@ -22,7 +22,6 @@ so that smoothing and differences can run across them.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,9 @@ import numpy as np
 from ..config import StatsConfig
 from ..errors import ConfigError
 from ..extras import require
-from .results import Results
+from ..io.atomic import atomic_path, write_text_atomic
 from ..roi import roi_mask_from_list
+from .results import Results
 
 STATS_DIR = "stats"
 
@@ -195,7 +195,7 @@ def write_stats(results: Results, cfg: StatsConfig, out_dir: Path | None = None
              "settings": folder / "settings.json"}
     _write_rows(paths["per_animal"], rows)
     _write_per_frame(paths["per_frame"], results, k)
-    _write_text(paths["settings"], json.dumps({"text": settings_text(results, cfg), "unit": k.unit,
+    write_text_atomic(paths["settings"], json.dumps({"text": settings_text(results, cfg), "unit": k.unit,
                                                "length_unit_px_per_cm": results.length_unit,
                                                "frames_per_second": results.fps, **asdict(cfg)}, indent=1))
     return paths, rows
@@ -205,7 +205,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     header = list(rows[0]) if rows else ["identity"]
     lines = [",".join(header)]
     lines += [",".join(v if isinstance(v, str) else f"{v:.6g}" for v in row.values()) for row in rows]
-    _write_text(path, "\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _write_per_frame(path: Path, results: Results, k: Kinematics) -> None:
@@ -223,15 +223,8 @@ def _write_per_frame(path: Path, results: Results, k: Kinematics) -> None:
                **{f"in_{name}": inside[frame, animal] for name, inside in k.zones.items()}}
     table = np.column_stack([np.asarray(v, np.float64) for v in columns.values()])
     fmt = ["%d", "%.4f", "%d"] + ["%.4f"] * 6 + ["%d"] * (3 + len(k.zones))
-    tmp = path.with_name(path.name + ".tmp")
-    np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=",".join(columns), comments="")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, table, fmt=fmt, delimiter=",", header=",".join(columns), comments="")
 
 
 def _frame_size(results: Results) -> tuple[int, int]:
