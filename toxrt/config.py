@@ -27,7 +27,6 @@ from .config_checks import (DEFAULT_MARKER_ADDRESS, DEFAULT_PUBLISH_ADDRESS, DEF
                             auto_or_between, between, control_characters, is_file_spec, name_problem, option,
                             unit_interval, zmq_address_problem)
 from .errors import ConfigError
-from .io.layout import PARAMETERS_TOML
 from .roi import parse_roi_entry
 
 BACKGROUND_STATS = ("median", "mean", "max", "min")
@@ -334,7 +333,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -379,7 +378,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        values = _read_toml(path)
+        values = read_toml(path)
         base = path.resolve().parent
     for key, value in (overrides or {}).items():
         merge_dotted(values, key, value)
@@ -387,25 +386,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     videos = [str(base / v) if is_file_spec(v) else v for v in config.video_paths]
     output_dir = str(base / config.output_dir) if config.output_dir else ""
     return dataclasses.replace(config, video_paths=videos, output_dir=output_dir)
-
-
-def load_session_config(session_dir: str | Path, path: str | Path | None = None,
-                        overrides: dict[str, Any] | None = None) -> Config:
-    """A session's parameters.toml, then a parameter file's keys, then dotted-key overrides.
-
-    How the output tools (stats, report, video, export) get their settings: a session tracked with
-    ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
-    """
-    parameters = Path(session_dir) / PARAMETERS_TOML
-    values = _read_toml(parameters) if parameters.exists() else {}
-    for key, value in (_read_toml(Path(path)) if path is not None else {}).items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    for key, value in (overrides or {}).items():
-        merge_dotted(values, key, value)
-    return build_config(values)
 
 
 def build_config(values: dict[str, Any]) -> Config:

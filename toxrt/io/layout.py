@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # config.py names these files too: only the type is needed here
-    from ..config import Config
+from ..config import Config
 
 FORMAT = "toxrt-session-1"  # session.json's "format"
 SESSION_JSON = "session.json"

@@ -1,4 +1,5 @@
-"""Loading a recorded session folder (written by ``recording.SessionWriter``), read-only.
+"""Loading a recorded session folder (written by ``recording.SessionWriter``), read-only, and the
+configuration it was tracked with (``load_session_config``).
 
 Fragments and their coexistence are derived from the blob rows (``fragments.py``), so what a ``kill -9`` left on disk
 loads as it is: a temporary or damaged last chunk is ignored, a crop file shorter than the rows
@@ -17,10 +18,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..config import Config, build_config, merge_dotted, read_toml
 from ..errors import SessionError
-from .layout import BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, SESSION_JSON
 from ..fragments import coexisting_pairs, derive_fragments
 from ..types import BLOB_RECORD_DTYPE
+from .layout import BACKGROUND_PNG, BLOBS_DIR, CROPS_FILE, EVENTS_FILE, FORMAT, PARAMETERS_TOML, SESSION_JSON
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +216,22 @@ def load_session(session_dir: str | Path) -> Session:
     blobs = np.concatenate(rows) if rows else np.zeros(0, BLOB_RECORD_DTYPE)
     events = _load_events(folder / EVENTS_FILE)
     return Session(folder, meta, parameters, background, chunks, blobs, n_frames, events)
+
+
+def load_session_config(session_dir: str | Path, path: str | Path | None = None,
+                        overrides: dict[str, Any] | None = None) -> Config:
+    """A session's parameters.toml, then a parameter file's keys, then dotted-key overrides.
+
+    How the output tools (stats, report, video, export) get their settings: a session tracked with
+    ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
+    """
+    parameters = Path(session_dir) / PARAMETERS_TOML
+    values = read_toml(parameters) if parameters.exists() else {}
+    for key, value in (read_toml(Path(path)) if path is not None else {}).items():
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    for key, value in (overrides or {}).items():
+        merge_dotted(values, key, value)
+    return build_config(values)

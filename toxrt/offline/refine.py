@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..config import (AppearanceConfig, RefineConfig, build_config, config_to_dict, load_session_config,
-                      merge_dotted)
+from ..config import AppearanceConfig, RefineConfig, build_config, config_to_dict, merge_dotted
 from ..errors import ConfigError, SessionError
 from ..fragments import FragmentTable, build_fragment_table, global_fragments
 from ..io.atomic import atomic_open, write_text_atomic
 from ..io.layout import FRAGMENT_IDENTITIES, OFFLINE_DIR, TRAJECTORIES_DIR
+from ..io.session_reader import load_session_config
 from . import assign, cluster
 from .dataset import ImageLoader, SessionLike, check_session, trainable
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import Config
 from ..errors import SessionError
 from ..io.layout import PARAMETERS_TOML, SESSION_JSON
 from ..io.trajectory_files import load_trajectories
@@ -133,9 +134,9 @@ def _read_toml(path: Path) -> dict:
 
 
 def open_session(session_dir: str | Path, load: str | Path | None = None,
-                 overrides: dict | None = None) -> tuple[Results, "Config"]:
+                 overrides: dict | None = None) -> tuple[Results, Config]:
     """Results and settings for an output tool: the session's parameters, a file, then flags."""
-    from ..config import load_session_config
+    from ..io.session_reader import load_session_config
 
     config = load_session_config(session_dir, load, overrides)
     return load_results(session_dir, px_per_cm=config.length_unit), config
