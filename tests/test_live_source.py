@@ -196,3 +196,16 @@ def test_udp_stream_from_ffmpeg_is_read_through_opencv():
     assert all(b.index > a.index and b.time_s >= a.time_s for a, b in zip(frames, frames[1:]))
     assert frames[-1].image.std() > 10  # the test pattern, not a blank frame
     assert source.description == f"udp://127.0.0.1:{port}"
+
+
+def test_every_source_declares_whether_it_is_live_and_a_replay_of_frames_in_memory_is():
+    frames = IterableSource(images(5), fps=10.0)
+    assert (frames.live, frames.dropped, frames.drain_events()) == (False, 0, [])
+    assert [int(image[0, 0]) for image in frames.sample(2)] == [0, 1]  # a sample consumes nothing
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4] and frames.n_frames is None
+    replay = RealtimeSource(IterableSource(images(3)), fps=10.0, autostart=False)
+    try:
+        assert replay.live and replay.description.startswith("real-time replay of frames in memory")
+        assert [int(image[0, 0]) for image in replay.sample(2)] == [0, 1]  # the inner source's sample
+    finally:
+        replay.close()

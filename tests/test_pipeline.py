@@ -108,3 +108,27 @@ def test_frames_without_animals_are_normal(tmp_path):
                            "streaming": LOOPBACK_ANY_PORT})
     summary = run_tracking(config, progress=False)
     assert summary["frames"] == 60 and summary["frame_errors"] == 0
+
+
+def test_the_tracker_never_changes_the_blobs_it_is_given_and_reports_the_linkers_crossings(tmp_path):
+    from toxrt.pipeline import LiveTracker, prepare
+    from toxrt.sources.simulated import SimulatedSource
+    from toxrt.types import BLOB_FIELDS, Frame
+
+    config, arena = sim_config(tmp_path, animals=8, frames=250)
+    setup = prepare(config, SimulatedSource(config))
+    tracker = LiveTracker(config, setup, learn=False)
+    detect = tracker.detector()  # as a file's reader thread runs it
+    crossings = 0
+    for index, image in arena.frames():
+        frame = detect(Frame(index, index / arena.fps, image))
+        before = {name: getattr(frame.blobs, name).copy() for name in BLOB_FIELDS}
+        result = tracker.step(frame)
+        assert result.blobs is frame.blobs
+        assert all(np.array_equal(getattr(frame.blobs, name), before[name]) for name in BLOB_FIELDS)
+        assert result.is_crossing.shape == (len(frame.blobs),)
+        assert np.array_equal(result.status == Status.CROSSING, result.is_crossing)
+        assert not result.identity[result.is_crossing].any()  # crossings carry no identity of their own
+        crossings += int(result.is_crossing.sum())
+    tracker.close()
+    assert crossings > 0 and tracker.detected_ahead == arena.n_frames

@@ -17,7 +17,6 @@ import pytest
 from toxrt.config import RecordingConfig
 from toxrt.errors import SessionError
 from toxrt.io.recording import SessionWriter
-from toxrt.fragments import coexisting_pairs
 from toxrt.io.session_reader import load_session
 from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
 
@@ -180,16 +179,6 @@ def test_fragment_samples(recorded):
     matches = [np.flatnonzero((session.hu()[rows] == h).all(axis=1)) for h in hu]
     assert all(len(m) == 1 for m in matches) and len({int(m[0]) for m in matches}) == 10
     assert samples[4][0].shape[0] == 10 and len(session.fragment_samples(500, np.random.default_rng(0))[7][1]) == 300
-
-
-def test_coexisting_pairs_matches_brute_force():
-    rng = np.random.default_rng(3)
-    start = rng.integers(0, 1000, 800)
-    end = start + rng.integers(0, 40, 800)
-    got = {tuple(p) for p in coexisting_pairs(start, end)}
-    i, j = np.triu_indices(800, k=1)
-    overlap = (start[i] <= end[j]) & (start[j] <= end[i])
-    assert got == set(zip(i[overlap].tolist(), j[overlap].tolist()))
 
 
 def test_without_images_and_empty_frames(tmp_path):
@@ -543,3 +532,17 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
         alive.wait()
     with session_lock.SessionLock(folder):  # the same PID, now dead: taken over
         assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path):
+    from toxrt.io.atomic import atomic_open, temporary_path, write_text_atomic
+
+    path = tmp_path / "summary.json"
+    write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("the disk is full")
+    assert path.read_text() == "old" and temporary_path(path).exists()  # toxrt finish removes the rest
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new"

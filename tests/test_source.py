@@ -121,3 +121,17 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
     assert recorded["never"].n_frames == 80
     np.testing.assert_array_equal(recorded["always"].blobs, recorded["never"].blobs)
     np.testing.assert_array_equal(recorded["always"].hu(), recorded["never"].hu())
+
+
+def test_recorded_sources_follow_the_protocol(tmp_path):
+    from toxrt.config import build_config
+    from toxrt.sources import open_source
+
+    video = VideoSource([str(write_video(tmp_path / "v.avi", n_frames=5))])
+    arena = open_source(build_config({"video_paths": ["sim:x"], "number_of_animals": 2,
+                                      "sim": {"frames": 5, "width": 64, "height": 64, "body_length_px": 8}}))
+    for source in (video, arena):
+        assert (source.live, source.dropped, source.drain_events(), source.stopped_early_at) == (False, 0, [], None)
+        source.work_ahead(None)
+        assert len(list(source)) == 5
+        source.close()

@@ -1,11 +1,11 @@
-"""Finishing a recorded session: one identity per fragment, then the trajectory files.
+"""Finishing a recorded session: one identity per fragment (``session_end.py``), then the trajectory files.
 
 Every run ends here (``tracking.py`` calls :func:`finish_session`), and so does ``toxrt finish
-SESSION`` (:func:`finish_recorded_session`). A session whose ``toxrt track`` was killed (``kill -9``, a crash, a power cut, a second Ctrl+C) has
-its recording on disk up to the last flush but no trajectories, or only some of them; session.json
-then says ``complete: false``. Finishing runs the same end-of-session fusion as a normal run over
-the recorded fragments and writes the trajectory files, then marks the session complete. It holds
-the session's lock meanwhile, so it refuses a session that a live process is still recording.
+SESSION`` (:func:`finish_recorded_session`). A session whose ``toxrt track`` was killed (``kill -9``,
+a crash, a power cut, a second Ctrl+C) has its recording on disk up to the last flush but no
+trajectories, or only some of them; session.json then says ``complete: false``. Finishing it does
+what the end of a normal run does over the recorded fragments, then marks the session complete. It
+holds the session's lock meanwhile, so it refuses a session that a live process is still recording.
 """
 from __future__ import annotations
 

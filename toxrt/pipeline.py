@@ -3,7 +3,7 @@
 ``prepare(config, source)`` learns what tracking needs from a few sampled frames (background,
 animal size, identification-image size, linking gate). ``LiveTracker.step(frame)`` is the per-frame
 contract: segmentation -> linking -> live identities, looking at the current frame only, returning
-a :class:`~toxrt.types.FrameResult`. ``session.py`` runs it over a whole source.
+a :class:`~toxrt.types.FrameResult`. ``tracking.py`` runs it over a whole source.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """A whole tracking run around the live stage: ``toxrt track``.
 
 ``run_tracking(config)`` opens the source, prepares the segmentation from sampled frames, runs the
-frame loop (tracking, recording, publishing, markers), and at the end runs the ToxId fragment
-fusion once over the recorded fragments and writes the trajectories. Ctrl+C, SIGTERM (through
-``stop``) or a stop marker end the loop early; the session is still finished and written.
+frame loop (tracking, recording, publishing, markers), and at the end decides one identity per
+recorded fragment and writes the trajectories (``finish.py``). Ctrl+C, SIGTERM (through ``stop``)
+or a stop marker end the loop early; the session is still finished and written.
 """
 from __future__ import annotations
 

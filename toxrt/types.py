@@ -160,7 +160,7 @@ BLOB_RECORD_DTYPE = np.dtype([
     ("is_crossing", "?"),
 ])
 
-# One row per fragment once it has ended (see fragments.py and recording.py).
+# One row per fragment, derived from the blob rows (fragments.derive_fragments).
 # Fragments coexist when their [start, end] frame intervals overlap.
 FRAGMENT_RECORD_DTYPE = np.dtype([
     ("fragment", "i8"),
