@@ -112,6 +112,7 @@ def test_relabel_and_agreement_ignore_the_numbering():
     assert relabel_to(a, b, w, 3).tolist() == [3, 1, 2, 3, 0]
 
 
+@pytest.mark.slow
 def test_accumulation_opens_identities_when_no_frame_shows_every_animal():
     """Three animals, never all apart: fragment 2 coexists with both of the seed's, so it is new."""
     rng = np.random.default_rng(1)
@@ -134,6 +135,7 @@ def test_accumulation_opens_identities_when_no_frame_shows_every_animal():
     assert agreement(result.identity, truth, counts.astype(float), 3) == 1.0
 
 
+@pytest.mark.slow
 def test_session_end_identities_are_accurate_and_never_shared_by_coexisting_fragments(tracked):
     summary, truth, body_length, _ = tracked
     assert summary["identity_method"] == "accumulation"
@@ -149,6 +151,7 @@ def test_session_end_identities_are_accurate_and_never_shared_by_coexisting_frag
     assert not ((identity[pairs[:, 0]] == identity[pairs[:, 1]]) & (identity[pairs[:, 0]] > 0)).any()
 
 
+@pytest.mark.slow
 def test_every_identified_position_has_a_positive_probability(tracked):
     summary, _, _, _ = tracked
     trajectories, data, _ = load_trajectories(summary["session"])
@@ -157,6 +160,7 @@ def test_every_identified_position_has_a_positive_probability(tracked):
     assert placed.any() and (probabilities[placed & ~np.isnan(probabilities)] > 0).all()
 
 
+@pytest.mark.slow
 def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
     from toxrt.offline.refine import refine_session
 
@@ -175,6 +179,7 @@ def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
     assert load_fragment_identities(folder) is not None
 
 
+@pytest.mark.slow
 def test_the_live_model_takes_over_and_never_looks_ahead(tracked):
     """Results up to frame t are the same whether the video ends at t or goes on."""
     from toxrt.pipeline import LiveTracker, prepare

@@ -50,6 +50,7 @@ def by_video(rows):
     return {Path(row["video"]).parent.name: row for row in rows}
 
 
+@pytest.mark.slow
 def test_two_local_workers_track_three_videos_report_the_corrupt_one_and_skip_them_on_a_rerun(tmp_path):
     params = [simulate(tmp_path / f"v{i}", seed=i) for i in range(3)]
     params.append(corrupt(tmp_path / "bad", params[0]))
@@ -85,6 +86,7 @@ def test_two_local_workers_track_three_videos_report_the_corrupt_one_and_skip_th
         cluster.close()
 
 
+@pytest.mark.slow
 def test_a_worker_killed_during_a_task_has_the_task_run_again_and_the_batch_completes(tmp_path):
     params = [str(simulate(tmp_path / f"v{i}", seed=i, frames=100, realtime=True)) for i in range(2)]
     jobs, _ = plan_jobs(params)
@@ -181,6 +183,7 @@ def test_a_session_stopped_by_hand_is_kept_and_reported(tmp_path):
     assert json.loads(path.read_text()) == meta
 
 
+@pytest.mark.slow
 def test_an_unfinished_session_is_tracked_again(tmp_path):
     (job,), _ = plan_jobs([str(simulate(tmp_path / "v", seed=1))])
     assert run_job(job)["status"] == DONE
@@ -247,6 +250,7 @@ def test_an_unreachable_scheduler_is_a_one_line_error():
         start_cluster(f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
 
 
+@pytest.mark.slow
 def test_batch_command_on_an_existing_dask_cluster(tmp_path):
     """The commands docs/batch.md gives: `dask scheduler`, `dask worker`, `toxrt batch --scheduler`."""
     params = simulate(tmp_path / "v0", seed=0)

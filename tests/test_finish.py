@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+import pytest
+
 from toxrt.config import build_config, config_to_dict, to_toml
 from toxrt.sim.arena import SimulatedArena
 
@@ -61,6 +63,7 @@ def assert_finished(session: Path, frames_at_least: int) -> dict:
     return meta
 
 
+@pytest.mark.slow
 def test_a_session_killed_while_tracking_is_refused_while_alive_and_finished_after(tmp_path):
     params = arena_params(tmp_path, frames=30000, realtime=True)  # ten minutes: it must be killed
     session = tmp_path / "session_killed"
@@ -100,6 +103,7 @@ KILLED_WHILE_WRITING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_session_killed_while_writing_its_outputs_is_not_complete_and_finish_completes_it(tmp_path):
     params = arena_params(tmp_path, frames=120, realtime=False)
     session = tmp_path / "session_killed"
@@ -136,6 +140,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_with_one_clean_line_and_no_traceback(tmp_path):
     params = arena_params(tmp_path, frames=300, realtime=False)
     # 1. the disk fills while recording (the identification images outgrow it first)

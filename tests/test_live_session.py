@@ -163,6 +163,7 @@ def test_a_replay_that_is_not_autostarted_waits_for_its_first_frame_to_be_asked_
         running.close()
 
 
+@pytest.mark.slow
 def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path):
     config = arena_config(tmp_path, frames=100, fps=50.0, wait_for_subscriber_s=20.0)
     peer = Peer("collect", config.streaming.publish_address)
@@ -197,6 +198,7 @@ def test_subscriber_in_another_process_receives_every_position_in_order(tmp_path
     assert sorted(i for i in last["id"] if i > 0) == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_a_subscriber_that_never_reads_does_not_stop_the_engine(tmp_path):
     """A stalled subscriber makes the engine wait for nothing: a lock-step replay (which moves on only
     once the loop has finished a frame, so a publisher that waited would hang the run) is tracked to
@@ -220,6 +222,7 @@ def test_a_subscriber_that_never_reads_does_not_stop_the_engine(tmp_path):
     assert load_session(summary["session"]).n_frames == 200
 
 
+@pytest.mark.slow
 def test_markers_from_a_stimulus_process_are_recorded_and_a_stop_marker_ends_the_run(tmp_path):
     config = arena_config(tmp_path, frames=500, fps=50.0, wait_for_subscriber_s=20.0)
     plan = [[10, "stimulus_on"], [20, "stimulus_off"], [30, STOP_MARKER]]
@@ -296,6 +299,7 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
+@pytest.mark.slow
 def test_a_udp_stream_from_ffmpeg_is_tracked_live(simulated_video, tmp_path):
     port = free_port(socket.SOCK_DGRAM)
     config = udp_config(simulated_video, port, tmp_path)
@@ -327,6 +331,7 @@ def test_a_udp_stream_from_ffmpeg_is_tracked_live(simulated_video, tmp_path):
     assert received and any(i > 0 for m in received for i in m["id"])
 
 
+@pytest.mark.slow
 def test_a_udp_stream_that_stops_and_restarts_is_reconnected(simulated_video, tmp_path):
     port = free_port(socket.SOCK_DGRAM)
     config = udp_config(simulated_video, port, tmp_path)
@@ -368,6 +373,7 @@ def test_a_udp_stream_that_stops_and_restarts_is_reconnected(simulated_video, tm
 # toxrt track as a program
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_toxrt_track_stops_cleanly_on_sigterm(tmp_path):
     config = arena_config(tmp_path, frames=30000, fps=50.0)  # ten minutes: it must be stopped
     params = tmp_path / "params.toml"

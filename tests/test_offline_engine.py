@@ -92,6 +92,7 @@ def solo_accuracy(folder: Path, arena: SimulatedArena) -> float:
     return evaluate(load_trajectories(folder)[0], truth_of(arena), arena.body_length_px).accuracy_solo
 
 
+@pytest.mark.slow
 def test_refinement_recovers_scrambled_live_identities_of_an_engine_session(engine_session):
     folder, arena = engine_session
     assert load_trajectories(folder)[1]["source"] == "toxrt-live"

@@ -41,6 +41,7 @@ def refined(fake, checkpoint):
     return refine(fake, RefineConfig(**FAST), checkpoint=checkpoint, progress=False)
 
 
+@pytest.mark.slow
 def test_refinement_recovers_scrambled_identities(fake, refined):
     live = image_accuracy(refined, fake, refined.table.live_identity)
     assert live < 0.9  # the live labelling is scrambled
@@ -53,6 +54,7 @@ def test_refinement_recovers_scrambled_identities(fake, refined):
     assert 0.95 < refined.estimated_accuracy() <= 1.0
 
 
+@pytest.mark.slow
 def test_refined_coexisting_fragments_never_share_an_identity(refined):
     a, b = refined.identity[refined.table.pairs[:, 0]], refined.identity[refined.table.pairs[:, 1]]
     assert not ((a == b) & (a > 0)).any()
@@ -83,6 +85,7 @@ def test_bad_options_and_input_are_one_line_errors(tmp_path):
         refine_session(tmp_path / "old", RefineConfig(**FAST), progress=False)
 
 
+@pytest.mark.slow
 def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint, tmp_path):
     folder = tmp_path / "session_fake"
     write_as_session(fake, folder)

@@ -4,6 +4,8 @@ import sys
 
 import numpy as np
 
+import pytest
+
 from toxrt.config import build_config, load_config
 from toxrt.evaluation.groundtruth import GroundTruth
 from toxrt.evaluation.metrics import evaluate, evaluate_session
@@ -27,6 +29,7 @@ def sim_config(tmp_path, animals=8, frames=300, **sim):
     return build_config({**values, **arena.tracking_parameters()}), arena
 
 
+@pytest.mark.slow
 def test_simulated_arena_identities_are_kept(tmp_path):
     config, arena = sim_config(tmp_path)
     summary = run_tracking(config, progress=False)
@@ -48,6 +51,7 @@ def test_simulated_arena_identities_are_kept(tmp_path):
         assert len(ids) == len(set(ids.tolist())), "two blobs of one frame share a live identity"
 
 
+@pytest.mark.slow
 def test_light_animals_on_dark_ground(tmp_path):
     config, arena = sim_config(tmp_path, animals=4, frames=150, light_on_dark=True)
     summary = run_tracking(config, progress=False)
@@ -57,6 +61,7 @@ def test_light_animals_on_dark_ground(tmp_path):
     assert report.accuracy_solo >= 0.99
 
 
+@pytest.mark.slow
 def test_track_a_video_file_from_the_command_line(tmp_path):
     sim = build_config({"sim": {"frames": 200, "seed": 5, "width": 320, "height": 240, "body_length_px": 20}}).sim
     paths = write_simulation(tmp_path / "arena", sim, 4)
@@ -77,6 +82,7 @@ def test_track_a_video_file_from_the_command_line(tmp_path):
     assert evaluate_cli.returncode == 0 and "accuracy solo" in evaluate_cli.stdout
 
 
+@pytest.mark.slow
 def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     sim = build_config({"sim": {"frames": 120, "seed": 2, "width": 240, "height": 180, "body_length_px": 20}}).sim
     paths = write_simulation(tmp_path / "arena", sim, 3)
@@ -92,6 +98,7 @@ def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     assert np.isfinite(trajectories[: summary["stopped_early_at"] - 5]).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_frames_without_animals_are_normal(tmp_path):
     import cv2
 

@@ -46,6 +46,7 @@ def test_report_is_self_contained_and_shows_the_quality(session):
     assert "8 px/cm" in text and "distance_travelled_cm" in text  # the session is calibrated
 
 
+@pytest.mark.slow
 def test_report_opens_in_chromium(session, tmp_path):
     if find_chromium() is None:
         pytest.skip("chromium is not installed (tools/install_system_deps.sh installs it)")

@@ -45,6 +45,7 @@ def camera_table(name: str, source: str, pub: int, marker: int) -> str:
             f'publish_address = "tcp://127.0.0.1:{pub}"\nmarker_address = "tcp://127.0.0.1:{marker}"\n')
 
 
+@pytest.mark.slow
 def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscriber(tmp_path):
     write_params(tmp_path, frames=5000)  # the simulated camera runs until the rig stops it
     write_simulation(tmp_path / "recorded", build_config(
@@ -97,6 +98,7 @@ def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscr
     assert len(list((tmp_path / "sessions").glob("session_*.log"))) == 3
 
 
+@pytest.mark.slow
 def test_track_with_two_cameras_runs_a_process_each_and_listen_receives_both(tmp_path):
     params = write_params(tmp_path, frames=40)
     pub0, marker0 = free_ports(2)

@@ -98,6 +98,7 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
     assert any(f.time_s == -1.0 for f in rest)
 
 
+@pytest.mark.slow
 def test_detection_in_the_reader_gives_the_same_session(tmp_path):
     from toxrt.sources import files as source_module
     from toxrt.config import load_config

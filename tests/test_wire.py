@@ -180,6 +180,7 @@ def check_stream(messages: list[dict], summary: dict) -> None:
     assert marker["label"] == "stimulus_on" and marker["payload"] == {"zone": 2} and marker["frame"] >= 20
 
 
+@pytest.mark.slow
 def test_strict_json_subscriber_receives_the_documented_stream(json_session):
     summary, received = json_session
     messages = received["python"]
@@ -193,6 +194,7 @@ def test_strict_json_subscriber_receives_the_documented_stream(json_session):
     assert in_file and in_file <= on_wire
 
 
+@pytest.mark.slow
 def test_node_subscriber_parses_every_message_with_json_parse(json_session):
     if not node_client_available():
         pytest.skip("Node.js or its zeromq package is missing: run tools/install_system_deps.sh")
@@ -203,6 +205,7 @@ def test_node_subscriber_parses_every_message_with_json_parse(json_session):
     assert node_frames == python_frames[len(python_frames) - len(node_frames):]
 
 
+@pytest.mark.slow
 def test_tracking_a_file_binds_no_port_unless_asked(tmp_path):
     # Hold the default addresses, as another program or a second toxrt run would.
     context = zmq.Context.instance()
