@@ -49,7 +49,7 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
     if pinned is not None:
         os.sched_setaffinity(0, pinned)
     if tracker.learner is not None:
-        tracker.learner.wait_until_ready()  # as run_session does before its frame loop
+        tracker.learner.wait_until_ready()  # as run_tracking does before its frame loop
     times = np.empty(len(images))
     stages = np.empty((len(images), 3))  # segmentation, linking, identities and the rest (stage by stage)
     found = 0

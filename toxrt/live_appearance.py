@@ -439,7 +439,7 @@ class AppearanceLearner:
         opened = 0
         for f in open_ids:
             me = self._fragments[f]
-            beside = set(label[(start <= me.end) & (end >= me.start)].tolist())
+            beside = set(label[overlapping(start, end, me.start, me.end)].tolist())
             if me.label == 0 and known <= beside and 0 < me.live_identity <= self.n and me.live_identity not in known:
                 self._accept(f, me.live_identity)
                 known.add(me.live_identity)

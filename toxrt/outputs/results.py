@@ -10,7 +10,6 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,9 +18,6 @@ from ..errors import SessionError
 from ..io.layout import PARAMETERS_TOML, SESSION_JSON
 from ..io.trajectory_files import load_trajectories
 from ..types import MISSING_STATUS, Status
-
-if TYPE_CHECKING:
-    from ..config import Config
 
 
 @dataclass
