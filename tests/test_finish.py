@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from toxrt.config import build_config, config_to_dict, to_toml

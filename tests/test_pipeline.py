@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import numpy as np
-
 import pytest
 
 from toxrt.config import build_config, load_config
