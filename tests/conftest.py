@@ -22,8 +22,8 @@ def video_session(tmp_path_factory):
     8 px/cm, with every trajectory format. Shared by the output tools' tests: read it, or copy it
     (shutil.copytree) before changing anything. Returns {"video", "params", "csv", "session"} paths."""
     from toxrt.config import build_config, load_config
-    from toxrt.session import run_session
-    from toxrt.synthetic import write_simulation
+    from toxrt.tracking import run_tracking
+    from toxrt.sim.writer import write_simulation
 
     folder = tmp_path_factory.mktemp("video_session")
     sim = build_config({"sim": {"frames": 150, "seed": 4, "width": 320, "height": 240, "body_length_px": 20}}).sim
@@ -32,5 +32,5 @@ def video_session(tmp_path_factory):
         "trajectories_formats": ["npy", "csv", "h5"], "px_per_cm": 8.0,
         "roi_list": ["+ Rectangle [[0, 0], [320, 240]]"],
         "streaming.publish_address": "", "streaming.marker_address": ""})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     return {**paths, "session": Path(summary["session"])}

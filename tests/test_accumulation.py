@@ -11,15 +11,19 @@ import shutil
 import numpy as np
 import pytest
 
-from toxrt.accumulation import FragmentGraph, accumulate, agreement, relabel_to, spread_rows
+from toxrt.fragments import FragmentGraph
+from toxrt.accumulation import accumulate, agreement, relabel_to, spread_rows
 from toxrt.appearance import AppearanceModel, FeatureShape, identity_features
 from toxrt.config import AppearanceConfig, load_config
-from toxrt.metrics import GroundTruth, evaluate, load_predicted
-from toxrt.session import run_session
-from toxrt.session_end import FRAGMENT_IDENTITIES, load_fragment_identities
+from toxrt.evaluation.groundtruth import GroundTruth
+from toxrt.evaluation.metrics import evaluate
+from toxrt.io.trajectory_files import load_trajectories
+from toxrt.tracking import run_tracking
+from toxrt.io.layout import FRAGMENT_IDENTITIES
+from toxrt.session_end import load_fragment_identities
 from toxrt.session_identities import identify_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import write_simulation
+from toxrt.io.session_reader import load_session
+from toxrt.sim.writer import write_simulation
 
 ANIMALS = 6
 
@@ -32,7 +36,7 @@ def tracked(tmp_path_factory):
                                      "appearance_spread": 0.3}}).sim
     paths = write_simulation(root / "arena", sim, ANIMALS)
     config = load_config(paths["params"], {"output_dir": str(root / "out"), "appearance.live_inline": True})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     truth = GroundTruth.from_csv(paths["csv"])
     return summary, truth, float(np.load(paths["npz"])["body_length_px"]), config
 
@@ -108,6 +112,7 @@ def test_relabel_and_agreement_ignore_the_numbering():
     assert relabel_to(a, b, w, 3).tolist() == [3, 1, 2, 3, 0]
 
 
+@pytest.mark.slow
 def test_accumulation_opens_identities_when_no_frame_shows_every_animal():
     """Three animals, never all apart: fragment 2 coexists with both of the seed's, so it is new."""
     rng = np.random.default_rng(1)
@@ -130,10 +135,11 @@ def test_accumulation_opens_identities_when_no_frame_shows_every_animal():
     assert agreement(result.identity, truth, counts.astype(float), 3) == 1.0
 
 
+@pytest.mark.slow
 def test_session_end_identities_are_accurate_and_never_shared_by_coexisting_fragments(tracked):
     summary, truth, body_length, _ = tracked
     assert summary["identity_method"] == "accumulation"
-    trajectories, data, _ = load_predicted(summary["session"])
+    trajectories, data, _ = load_trajectories(summary["session"])
     report = evaluate(trajectories, truth, body_length)
     assert report.accuracy_solo >= 0.995
     # estimated accuracy lies within one point of the measured one
@@ -145,16 +151,18 @@ def test_session_end_identities_are_accurate_and_never_shared_by_coexisting_frag
     assert not ((identity[pairs[:, 0]] == identity[pairs[:, 1]]) & (identity[pairs[:, 0]] > 0)).any()
 
 
+@pytest.mark.slow
 def test_every_identified_position_has_a_positive_probability(tracked):
     summary, _, _, _ = tracked
-    trajectories, data, _ = load_predicted(summary["session"])
+    trajectories, data, _ = load_trajectories(summary["session"])
     placed = ~np.isnan(trajectories[..., 0])
     probabilities = np.asarray(data["id_probabilities"])[..., 0]
     assert placed.any() and (probabilities[placed & ~np.isnan(probabilities)] > 0).all()
 
 
+@pytest.mark.slow
 def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
-    from toxrt.offline.refine import RefineOptions, refine_session
+    from toxrt.offline.refine import refine_session
 
     summary, truth, body_length, _ = tracked
     folder = tmp_path / "session"
@@ -164,17 +172,18 @@ def test_refine_recovers_identities_from_scrambled_live_ones(tracked, tmp_path):
         saved = {k: data[k] for k in data.files}
     saved["identity"] = np.random.default_rng(0).integers(1, ANIMALS + 1, saved["identity"].size)
     np.savez(folder / FRAGMENT_IDENTITIES, **saved)
-    refined = refine_session(folder, RefineOptions(), progress=False)
+    refined = refine_session(folder, progress=False)  # the session's [refine] table: accumulation
     assert refined.status == "refined"
-    trajectories, _, _ = load_predicted(folder)
+    trajectories, _, _ = load_trajectories(folder)
     assert evaluate(trajectories, truth, body_length).accuracy_solo >= 0.995
     assert load_fragment_identities(folder) is not None
 
 
+@pytest.mark.slow
 def test_the_live_model_takes_over_and_never_looks_ahead(tracked):
     """Results up to frame t are the same whether the video ends at t or goes on."""
     from toxrt.pipeline import LiveTracker, prepare
-    from toxrt.source import open_source
+    from toxrt.sources import open_source
 
     summary, _, _, config = tracked
     assert summary["live_model_trainings"] >= 1

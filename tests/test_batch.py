@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,9 @@ from toxrt.batch import (DONE, FAILED, SKIPPED, limited_threads, plan_jobs, run_
 from toxrt.batch_cluster import machine_cores, run_on_dask, start_cluster, threads_per_task
 from toxrt.config import build_config
 from toxrt.errors import ConfigError, ToxrtError
-from toxrt.synthetic import write_simulation
+from toxrt.sim.writer import write_simulation
+
+from .helpers import free_port, toxrt
 
 pytest.importorskip("distributed")  # a failure under CI=true: `make .venv/.full` installs it
 
@@ -49,6 +50,7 @@ def by_video(rows):
     return {Path(row["video"]).parent.name: row for row in rows}
 
 
+@pytest.mark.slow
 def test_two_local_workers_track_three_videos_report_the_corrupt_one_and_skip_them_on_a_rerun(tmp_path):
     params = [simulate(tmp_path / f"v{i}", seed=i) for i in range(3)]
     params.append(corrupt(tmp_path / "bad", params[0]))
@@ -84,6 +86,7 @@ def test_two_local_workers_track_three_videos_report_the_corrupt_one_and_skip_th
         cluster.close()
 
 
+@pytest.mark.slow
 def test_a_worker_killed_during_a_task_has_the_task_run_again_and_the_batch_completes(tmp_path):
     params = [str(simulate(tmp_path / f"v{i}", seed=i, frames=100, realtime=True)) for i in range(2)]
     jobs, _ = plan_jobs(params)
@@ -180,6 +183,7 @@ def test_a_session_stopped_by_hand_is_kept_and_reported(tmp_path):
     assert json.loads(path.read_text()) == meta
 
 
+@pytest.mark.slow
 def test_an_unfinished_session_is_tracked_again(tmp_path):
     (job,), _ = plan_jobs([str(simulate(tmp_path / "v", seed=1))])
     assert run_job(job)["status"] == DONE
@@ -241,26 +245,18 @@ def test_task_threads_are_capped_and_restored():
 
 
 def test_an_unreachable_scheduler_is_a_one_line_error():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     with pytest.raises(ToxrtError, match=f"--scheduler tcp://127.0.0.1:{port}: cannot connect"):
         start_cluster(f"tcp://127.0.0.1:{port}", connect_timeout_s=1)
 
 
-def toxrt(*args, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout)
-
-
+@pytest.mark.slow
 def test_batch_command_on_an_existing_dask_cluster(tmp_path):
     """The commands docs/batch.md gives: `dask scheduler`, `dask worker`, `toxrt batch --scheduler`."""
     params = simulate(tmp_path / "v0", seed=0)
     simulate(tmp_path / "v1", seed=1)
     corrupt(tmp_path / "v2", params)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     dask = str(Path(sys.executable).with_name("dask"))
     address = f"tcp://127.0.0.1:{port}"
     scheduler = subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),

@@ -1,13 +1,9 @@
 """Bad input from the command line: one line naming the problem, a non-zero exit, no traceback."""
-import subprocess
-import sys
-
 import cv2
 import numpy as np
+import pytest
 
-
-def toxrt(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+from .helpers import toxrt
 
 
 def assert_one_line_error(result, *fragments):
@@ -99,6 +95,7 @@ def test_tracking_intervals_beyond_the_video(tmp_path):
     assert_one_line_error(toxrt("track", "--load", params(tmp_path, text)), "tracking_intervals", "[50, 60]", "10 frames")
 
 
+@pytest.mark.slow
 def test_bad_names_ports_and_refine_options_are_one_line(tmp_path):
     base = params(tmp_path, 'video_paths = ["v.avi"]\n')
     assert_one_line_error(toxrt("track", "--load", base, "--name", "a\nb"), "name:", "control character")

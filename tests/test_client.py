@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toxrt.client import CSV_COLUMNS, PositionClient, format_table, listen
+from toxrt.stream.listen import CSV_COLUMNS, format_table, listen
+from toxrt.stream.client import PositionClient
 from toxrt.errors import ToxrtError
-from toxrt.markers import MarkerReceiver
-from toxrt.publish import Publisher, encode_positions
+from toxrt.stream.markers import MarkerReceiver
+from toxrt.stream.publish import Publisher
+from toxrt.stream.wire import encode_positions
 
 ANY_PORT = "tcp://127.0.0.1:*"
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +94,7 @@ def test_listen_prints_a_table_and_writes_csv(tmp_path):
 
 
 def test_format_table_lists_identified_animals_first():
-    from toxrt.publish import decode
+    from toxrt.stream.wire import decode
 
     message = decode(encode_positions(3, 3, 10.0, 10.01, **frame_arrays([5.0, 6.0, 7.0], ids=[0, 2, 1])))
     lines = format_table(message, None, missed=0, now=10.02).splitlines()
@@ -198,8 +200,8 @@ def test_lost_positions_are_counted_exactly_from_seq_gaps():
     episodes, the subscriber's seq gaps count every lost message."""
     import zmq
 
-    from toxrt.client import SeqCounter
-    from toxrt.publish import decode
+    from toxrt.stream.client import SeqCounter
+    from toxrt.stream.wire import decode
 
     context = zmq.Context.instance()
     with Publisher(ANY_PORT, hwm=10) as publisher:
@@ -227,7 +229,7 @@ def test_lost_positions_are_counted_exactly_from_seq_gaps():
 
 def test_a_port_beyond_65535_is_refused_everywhere():
     """ZeroMQ would silently bind or connect port 99999 % 65536; every entry point refuses it."""
-    from toxrt.markers import MarkerSender
+    from toxrt.stream.markers import MarkerSender
 
     for make in (Publisher, MarkerReceiver, PositionClient, MarkerSender):
         with pytest.raises(ToxrtError, match="port '99999'"):

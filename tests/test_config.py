@@ -141,7 +141,7 @@ def test_names_and_paths_round_trip_through_tomli_w():
 
 
 def test_session_folder_stays_inside_output_dir(tmp_path):
-    from toxrt.session import session_folder
+    from toxrt.io.layout import session_folder
 
     config = load_config(None, {"name": "ok.name-1", "video_paths": ["sim:x"], "output_dir": str(tmp_path)})
     assert session_folder(config).parent == tmp_path

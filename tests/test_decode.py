@@ -3,8 +3,8 @@ import cv2
 import numpy as np
 import pytest
 
-from toxrt.decode import luma_table, open_video, read_grey
-from toxrt.source import VideoSource
+from toxrt.sources.decode import luma_table, open_video, read_grey
+from toxrt.sources.files import VideoSource
 
 
 def write_video(path, fourcc: str, colour: bool, n_frames: int = 12, size=(160, 96)):

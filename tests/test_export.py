@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from toxrt.export import export_session
-from toxrt.results import load_results
+from toxrt.outputs.export import export_session
+from toxrt.outputs.results import load_results
 
 
 def test_tidy_csv_and_sleap_h5_of_a_tracked_video(video_session, tmp_path):

@@ -168,8 +168,8 @@ def test_area_filter_and_crossing_flag():
     assert len(middle) == 1 and 440 < middle.area[0] < 520
     flagged = features_of(image, single_animal_area=480.0, crossing_area_ratio=1.6)
     order = np.argsort(flagged.area)
-    assert flagged.is_crossing[order].tolist() == [False, False, True]
-    assert not features_of(image).is_crossing.any()  # unknown single-animal area: no flags
+    assert flagged.oversized[order].tolist() == [False, False, True]
+    assert not features_of(image).oversized.any()  # unknown single-animal area: no flags
 
 
 def test_no_contours_gives_empty_blobs_with_shapes():
@@ -177,7 +177,7 @@ def test_no_contours_gives_empty_blobs_with_shapes():
     assert len(blobs) == 0
     assert blobs.centroid.shape == (0, 2) and blobs.hu.shape == (0, 7)
     assert blobs.histogram.shape == (0, 8) and blobs.crop.shape == (0, 20, 20)
-    assert blobs.bbox.shape == (0, 4) and blobs.is_crossing.shape == (0,)
+    assert blobs.bbox.shape == (0, 4) and blobs.oversized.shape == (0,)
 
 
 def test_every_field_filled_with_documented_dtypes():
@@ -185,7 +185,7 @@ def test_every_field_filled_with_documented_dtypes():
     expected = {"centroid": (np.float64, (1, 2)), "area": (np.float64, (1,)),
                 "orientation": (np.float64, (1,)), "bbox": (np.int32, (1, 4)),
                 "hu": (np.float64, (1, 7)), "histogram": (np.float32, (1, 8)),
-                "crop": (np.uint8, (1, 32, 32)), "is_crossing": (np.bool_, (1,))}
+                "crop": (np.uint8, (1, 32, 32)), "oversized": (np.bool_, (1,))}
     for name in BLOB_FIELDS:
         value = getattr(blobs, name)
         assert (value.dtype, value.shape) == (np.dtype(expected[name][0]), expected[name][1]), name

@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from toxrt.config import build_config, config_to_dict, to_toml
-from toxrt.synthetic import SimulatedArena
+from toxrt.sim.arena import SimulatedArena
+
+from .helpers import toxrt
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -31,11 +34,6 @@ def arena_params(tmp_path: Path, frames: int, realtime: bool) -> Path:
     path = tmp_path / "params.toml"
     path.write_text(to_toml(config_to_dict(config)))
     return path
-
-
-def toxrt(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, env=ENV,
-                          timeout=300)
 
 
 def wait_for_frames(session: Path, frames: int, process: subprocess.Popen, timeout_s: float = 60) -> int:
@@ -64,6 +62,7 @@ def assert_finished(session: Path, frames_at_least: int) -> dict:
     return meta
 
 
+@pytest.mark.slow
 def test_a_session_killed_while_tracking_is_refused_while_alive_and_finished_after(tmp_path):
     params = arena_params(tmp_path, frames=30000, realtime=True)  # ten minutes: it must be killed
     session = tmp_path / "session_killed"
@@ -90,7 +89,7 @@ def test_a_session_killed_while_tracking_is_refused_while_alive_and_finished_aft
 KILLED_WHILE_WRITING = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from toxrt import session
+    from toxrt import finish, tracking
     from toxrt.config import load_config
 
     def stuck_writer(folder, *args, **kwargs):  # the first output is being written when the kill comes
@@ -98,11 +97,12 @@ KILLED_WHILE_WRITING = textwrap.dedent("""
         (folder / "trajectories.npy.tmp").write_bytes(b"half a file")
         print("writing outputs", flush=True)
         time.sleep(600)
-    session.write_trajectories = stuck_writer
-    session.run_session(load_config(sys.argv[1]), progress=False)
+    finish.write_trajectories = stuck_writer
+    tracking.run_tracking(load_config(sys.argv[1]), progress=False)
 """)
 
 
+@pytest.mark.slow
 def test_a_session_killed_while_writing_its_outputs_is_not_complete_and_finish_completes_it(tmp_path):
     params = arena_params(tmp_path, frames=120, realtime=False)
     session = tmp_path / "session_killed"
@@ -139,6 +139,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_with_one_clean_line_and_no_traceback(tmp_path):
     params = arena_params(tmp_path, frames=300, realtime=False)
     # 1. the disk fills while recording (the identification images outgrow it first)

@@ -19,12 +19,16 @@ import numpy as np
 import pytest
 import zmq
 
-from toxrt.client import PositionClient, check_position, format_table, listen
+from toxrt.stream.client import PositionClient
+from toxrt.stream.wire import check_position
+from toxrt.stream.listen import format_table, listen
 from toxrt.config import Config, build_config, config_to_dict, load_config, to_toml
 from toxrt.errors import ConfigError, ToxrtError
-from toxrt.markers import MarkerReceiver, parse_marker
-from toxrt.publish import Publisher, decode, encode
-from toxrt.session import run_session, session_folder
+from toxrt.stream.markers import MarkerReceiver, parse_marker
+from toxrt.stream.publish import Publisher
+from toxrt.stream.wire import decode, encode
+from toxrt.tracking import run_tracking
+from toxrt.io.layout import session_folder
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +155,7 @@ def test_accepted_mutations_of_a_small_session_run_or_fail_with_one_line(tmp_pat
         if config.sim.frames > 200 or config.sim.width * config.sim.height > 256 * 256:
             continue  # accepted, but too slow for a unit test; the schema's bounds are tested elsewhere
         try:
-            run_session(config, progress=False, overwrite=True)
+            run_tracking(config, progress=False, overwrite=True)
         except ToxrtError as exc:
             assert "\n" not in str(exc), f"case {case}: {exc}"
         except Exception as exc:  # noqa: BLE001

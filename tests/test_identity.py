@@ -10,7 +10,8 @@ from scipy.optimize import linear_sum_assignment
 
 from toxrt.config import IdentityConfig, build_config
 from toxrt.errors import ConfigError
-from toxrt.fusion import _complete_groups, _similarity_matrix, _stack_samples, fuse_fragments
+from toxrt.fragments import complete_groups
+from toxrt.fusion import fuse_fragments, similarity_matrix, stack_samples
 from toxrt.identity import LiveIdentities
 from toxrt.similarity import fragment_similarity
 from toxrt.types import FRAGMENT_RECORD_DTYPE, IdentityEvent
@@ -195,8 +196,8 @@ def test_batched_similarity_matrix_matches_pairwise():
     cfg = IdentityConfig(max_shape_difference=2.0)
     sets = [app.sample(int(rng.integers(3)), rng, int(rng.integers(1, 9))) for _ in range(7)]
     samples = {i: s for i, s in enumerate(sets)}
-    z, code, offsets = _stack_samples(np.arange(7), samples, cap=100)
-    matrix = _similarity_matrix(z, code, offsets, cfg)
+    z, code, offsets = stack_samples(np.arange(7), samples, cap=100)
+    matrix = similarity_matrix(z, code, offsets, cfg)
     for i in range(7):
         for j in range(7):
             assert matrix[i, j] == pytest.approx(fragment_similarity(*sets[i], *sets[j], cfg), abs=1e-5)
@@ -363,7 +364,7 @@ def test_fusion_recovers_the_animals_on_a_harder_case(frames, p_cross, with_long
     _, identities, _, _ = run_live(cfg, n, schedule)
     rows, samples, truth = fragment_table(schedule, identities)
     individual = rows[~rows["is_crossing"]]
-    long_groups = _complete_groups(individual["start"], individual["end"],
+    long_groups = complete_groups(individual["start"], individual["end"],
                                    np.flatnonzero(individual["n_samples"] >= cfg.long_fragment_samples), n)
     assert bool(long_groups) == with_long_groups  # both the Hungarian-on-groups and the fallback seed
 

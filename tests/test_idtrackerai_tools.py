@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from toxrt.session_reader import load_session
+from toxrt.io.session_reader import load_session
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("idtrackerai") is None,
                                 reason="idtrackerai 6.0.14 is not installed (make .venv/.full installs it)")
@@ -100,6 +100,7 @@ def test_idtrackerai_loader_reads_every_format_and_the_session(session, video_se
     assert (ours["id_probabilities"][missing] == 0).all()
 
 
+@pytest.mark.slow
 def test_idtrackerai_format_converts_every_format_without_losing_data(session, tmp_path):
     ours = np.load(session / "trajectories" / "trajectories.npy", allow_pickle=True).item()
     h5_size = (session / "trajectories" / "trajectories.h5").stat().st_size

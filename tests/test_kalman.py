@@ -3,7 +3,7 @@ import numpy as np
 from filterpy.common import Q_discrete_white_noise
 from filterpy.kalman import KalmanFilter
 
-from toxrt.assign import assign
+from toxrt.matching import assign
 from toxrt.kalman import TRANSITION, ConstantVelocityModel, process_noise
 
 

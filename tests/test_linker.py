@@ -2,24 +2,33 @@
 import numpy as np
 
 from toxrt.config import LinkingConfig
-from toxrt.fragments import Linker
-from tests.helpers import make_blobs
+from toxrt.linker import Linker
+from .helpers import make_blobs
 
 CFG = LinkingConfig(max_unmatched_frames=3, crossing_release_frames=5)
 
 
-def run(frames, max_distance=12.0):
-    """frames: list of (xy list, area list, true animal labels per blob (tuple for crossings))."""
+def run(frames, max_distance=12.0, flag_oversized=True):
+    """frames: list of (xy list, area list, true animal labels per blob (tuple for crossings)).
+
+    Blobs of several animals are flagged oversized unless ``flag_oversized`` is False (the linker
+    must then find the merge itself). Every fragment is checked to be pure: its blobs are all of one
+    animal and not crossings, or all of several animals and crossings.
+    """
     linker = Linker(CFG, max_distance)
     owners: dict[int, set] = {}
+    kinds: dict[int, set] = {}  # fragment -> labels of its blobs (an int, or tuples of animals)
     history = []
     for xy, area, labels in frames:
-        crossing = [isinstance(lab, tuple) for lab in labels]
-        result = linker.update(make_blobs(xy, area, crossing) if xy else make_blobs(np.zeros((0, 2)), []))
-        for fragment, lab, crossing_fragment in zip(result.fragment, labels, result.is_crossing):
-            owners.setdefault(int(fragment), set()).update(lab if isinstance(lab, tuple) else (lab,))
-            assert not isinstance(lab, tuple) or crossing_fragment
+        several = [isinstance(lab, tuple) for lab in labels]
+        oversized = several if flag_oversized else None
+        result = linker.update(make_blobs(xy, area, oversized) if xy else make_blobs(np.zeros((0, 2)), []))
+        for fragment, lab, crossing in zip(result.fragment.tolist(), labels, result.is_crossing.tolist()):
+            assert crossing == isinstance(lab, tuple), f"blob of {lab} in fragment {fragment}: is_crossing {crossing}"
+            owners.setdefault(fragment, set()).update(lab if isinstance(lab, tuple) else (lab,))
+            kinds.setdefault(fragment, set()).add("crossing" if isinstance(lab, tuple) else lab)
         history.append(result)
+    assert all(len(k) == 1 for k in kinds.values()), f"impure fragments: {kinds}"
     return owners, history
 
 
@@ -53,7 +62,8 @@ def test_crossing_cuts_fragments_and_keeps_them_pure():
 
 
 def test_merge_without_size_flag_is_detected_by_the_linker():
-    """Two animals meet in a blob of nearly single size; the linker still cuts."""
+    """Two animals meet in a blob of nearly single size (not flagged oversized); the linker still cuts:
+    the blob is a crossing fragment of its own, and every fragment holds one animal or one crossing."""
     frames = []
     for t in range(30):
         a, b = (10 + 2 * t, 50.0), (70 - 2 * t, 50.0)
@@ -61,14 +71,11 @@ def test_merge_without_size_flag_is_detected_by_the_linker():
             frames.append(([((a[0] + b[0]) / 2, 50.0)], [110], [(0, 1)]))
         else:
             frames.append(([a, b], [100, 100], [0, 1]))
-    # The merged blob is not flagged as crossing by size, so labels of the merged blob are a set.
-    linker = Linker(CFG, 12.0)
-    owners: dict[int, set] = {}
-    for xy, area, labels in frames:
-        result = linker.update(make_blobs(xy, area))
-        for fragment, lab in zip(result.fragment, labels):
-            owners.setdefault(int(fragment), set()).update(lab if isinstance(lab, tuple) else (lab,))
-    assert all(len(o) == 1 or o == {0, 1} for o in owners.values())
+    owners, history = run(frames, flag_oversized=False)
+    merged = [r for r in history if len(r.fragment) == 1]
+    assert merged and all(r.is_crossing.all() for r in merged)
+    assert len({int(r.fragment[0]) for r in merged}) == 1  # one crossing fragment, held while merged
+    assert sorted(sorted(o) for o in owners.values()) == [[0], [0], [0, 1], [1], [1]]
 
 
 def test_short_gap_coasts_and_long_gap_cuts():

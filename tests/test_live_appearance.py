@@ -6,6 +6,7 @@ import signal
 import time
 
 import numpy as np
+import pytest
 
 from toxrt import live_appearance
 from toxrt.appearance import FeatureShape
@@ -40,6 +41,7 @@ def test_the_learner_seeds_from_a_global_fragment_and_accepts_later_fragments():
     assert model.temperature >= 1.0
 
 
+@pytest.mark.slow
 def test_the_learner_forgets_old_fragments_and_keeps_a_bounded_pool():
     cfg = AppearanceConfig(live_retrain_interval_s=0.4, live_images_per_identity=100)
     learner = LiveAppearance(cfg, SHAPE, N, fps=25, synchronous=True)

@@ -12,28 +12,15 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SourceError
-from toxrt.live_source import CaptureSource, RealtimeSource, open_live_source, parse_live_spec
+from toxrt.sources.cameras import CaptureSource, open_live_source, parse_live_spec
+from toxrt.sources.realtime import IterableSource, RealtimeSource
 from toxrt.types import Frame
+
+from .helpers import FakeClock, free_port
 
 
 def images(n: int, shape=(6, 8)) -> list[np.ndarray]:
     return [np.full(shape, k, np.uint8) for k in range(n)]
-
-
-class FakeClock:
-    """A clock whose ``sleep`` advances time; ``gate`` (optional) makes each sleep wait for the consumer."""
-
-    def __init__(self, t0: float, gate: threading.Semaphore | None = None):
-        self.t, self.gate, self.sleeps = t0, gate, []
-
-    def time(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        if self.gate is not None:
-            assert self.gate.acquire(timeout=10)
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 def test_parse_live_spec():
@@ -47,7 +34,7 @@ def test_parse_live_spec():
 def test_realtime_source_releases_each_frame_on_schedule():
     gate = threading.Semaphore(0)
     clock = FakeClock(1000.0, gate)
-    source = RealtimeSource(images(10), fps=20.0, clock=clock.time, sleep=clock.sleep)
+    source = RealtimeSource(IterableSource(images(10)), fps=20.0, clock=clock.time, sleep=clock.sleep)
     frames = []
     for frame in source:  # the consumer lets the clock go on after each frame: nothing is dropped
         frames.append(frame)
@@ -64,7 +51,7 @@ def test_realtime_source_newest_frame_wins_and_drops_are_counted():
     clock = FakeClock(0.0)  # the replay runs ahead of a consumer that has not started yet
     inner = [Frame(100 + k, k / 10, img) for k, img in enumerate(images(12))]
     events = []
-    source = RealtimeSource(inner, fps=10.0, clock=clock.time, sleep=clock.sleep, on_event=events.append)
+    source = RealtimeSource(IterableSource(inner), fps=10.0, clock=clock.time, sleep=clock.sleep, on_event=events.append)
     deadline = time.monotonic() + 10
     while source.grabbed < 12 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -80,7 +67,7 @@ def test_realtime_source_newest_frame_wins_and_drops_are_counted():
 
 def test_realtime_source_on_the_real_clock_never_runs_early():
     fps = 100.0
-    source = RealtimeSource(images(8), fps=fps)
+    source = RealtimeSource(IterableSource(images(8)), fps=fps)
     frames = list(source)
     source.close()
     assert frames and frames[-1].index == 7
@@ -91,9 +78,9 @@ def test_realtime_source_on_the_real_clock_never_runs_early():
 
 def test_realtime_source_refuses_a_bad_rate_and_an_empty_input():
     with pytest.raises(SourceError):
-        RealtimeSource(images(2), fps=0.0)
+        RealtimeSource(IterableSource(images(2)), fps=0.0)
     with pytest.raises(SourceError, match="no frame"):
-        RealtimeSource([], fps=10.0)
+        RealtimeSource(IterableSource([]), fps=10.0)
 
 
 class FakeCapture:
@@ -172,12 +159,6 @@ def test_capture_that_opens_but_delivers_nothing_is_an_error():
         CaptureSource(lambda: FakeCapture([]), "silent camera")
 
 
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_unknown_camera_and_unreachable_urls_fail_quickly_with_a_clear_error():
     with pytest.raises(SourceError, match="no camera with index 99"):
         open_live_source("camera:99")
@@ -215,3 +196,16 @@ def test_udp_stream_from_ffmpeg_is_read_through_opencv():
     assert all(b.index > a.index and b.time_s >= a.time_s for a, b in zip(frames, frames[1:]))
     assert frames[-1].image.std() > 10  # the test pattern, not a blank frame
     assert source.description == f"udp://127.0.0.1:{port}"
+
+
+def test_every_source_declares_whether_it_is_live_and_a_replay_of_frames_in_memory_is():
+    frames = IterableSource(images(5), fps=10.0)
+    assert (frames.live, frames.dropped, frames.drain_events()) == (False, 0, [])
+    assert [int(image[0, 0]) for image in frames.sample(2)] == [0, 1]  # a sample consumes nothing
+    assert [f.index for f in frames] == [0, 1, 2, 3, 4] and frames.n_frames is None
+    replay = RealtimeSource(IterableSource(images(3)), fps=10.0, autostart=False)
+    try:
+        assert replay.live and replay.description.startswith("real-time replay of frames in memory")
+        assert [int(image[0, 0]) for image in replay.sample(2)] == [0, 1]  # the inner source's sample
+    finally:
+        replay.close()

@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from toxrt.errors import ToxrtError
-from toxrt.markers import MarkerReceiver, MarkerSender, parse_marker
+from toxrt.stream.markers import MarkerReceiver, MarkerSender, parse_marker
 
 ANY_PORT = "tcp://127.0.0.1:*"
 
@@ -45,7 +45,7 @@ def test_parse_marker_rejects_malformed(payload):
 
 SENDER = r"""
 import sys
-from toxrt.markers import send_marker
+from toxrt.stream.markers import send_marker
 assert send_marker(sys.argv[1], "stimulus_on", zone=3, intensity=0.5)
 """
 
@@ -158,7 +158,7 @@ def test_rejection_warnings_are_rate_limited(caplog):
         raw = zmq.Context.instance().socket(zmq.PUSH)
         raw.setsockopt(zmq.LINGER, 5000)
         raw.connect(receiver.address)
-        with caplog.at_level("WARNING", logger="toxrt.markers"):
+        with caplog.at_level("WARNING", logger="toxrt.stream.markers"):
             for k in range(2000):
                 raw.send(b"\xc1bad")
                 if k == 1000:  # a fake clock: ten seconds pass
@@ -167,14 +167,14 @@ def test_rejection_warnings_are_rate_limited(caplog):
             raw.close()
             drain_until(receiver, 0, rejected=2000)
     assert receiver.rejected == 2000
-    lines = [r for r in caplog.records if r.name == "toxrt.markers"]
+    lines = [r for r in caplog.records if r.name == "toxrt.stream.markers"]
     assert len(lines) == 6  # five one by one, then one summary after ten seconds
     assert "in all" in lines[-1].getMessage()
 
 
 BURST_SENDER = r"""
 import sys
-from toxrt.markers import MarkerSender
+from toxrt.stream.markers import MarkerSender
 with MarkerSender(sys.argv[1], hwm=100000, linger_s=30.0) as sender:
     for k in range(int(sys.argv[2])):
         assert sender.send("tick", k=k, pad="x" * 60000)

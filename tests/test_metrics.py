@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from toxrt import metrics
+from toxrt.evaluation import groundtruth
 from toxrt.errors import SessionError, ToxrtError
-from toxrt.metrics import GroundTruth, GroundTruthError, evaluate, evaluate_session
+from toxrt.evaluation.groundtruth import GroundTruth, GroundTruthError
+from toxrt.evaluation.metrics import evaluate, evaluate_session
 
 BODY = 20.0  # px
 
@@ -159,7 +160,7 @@ def test_chunked_computation_matches_a_single_block(monkeypatch):
     pred = true[:, rng.permutation(5)] + rng.normal(0, 8.0, true.shape)
     pred[rng.random((120, 5)) < 0.1] = np.nan
     whole = evaluate(pred, truth_of(true), BODY)
-    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(groundtruth, "CHUNK_ELEMENTS", 7)
     chunked = evaluate(pred, truth_of(true), BODY)
     assert chunked.to_dict() == whole.to_dict()
 

@@ -3,7 +3,10 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 
+
+@pytest.mark.slow
 def test_video_to_report_without_a_parameter_file(video_session, tmp_path):
     params = tomllib.loads(video_session["params"].read_text())  # the simulator's thresholds for its video
     video = tmp_path / "fish.avi"

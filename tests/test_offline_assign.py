@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from toxrt.offline import assign, cluster
-from toxrt.offline.dataset import build_fragment_table, coexisting_pairs, global_fragments
+from toxrt.fragments import build_fragment_table, coexisting_pairs, global_fragments
 
-from .test_offline_fake import make_fake_session
+from .helpers import make_fake_session
 
 
 def csr(n, pairs):
@@ -100,12 +100,12 @@ def test_global_fragment_needs_unique_consistent_identities():
     clean = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6]])
     identity, _ = assign.assign_fragments(clean, np.array([5, 5, 5]), ptr, adj, members)
     np.testing.assert_array_equal(identity, [1, 2, 3])
-    state = assign._Assigner(clean, ptr, adj)
-    assign._accept_global_fragment(state, members[0])
+    state = assign.Assigner(clean, ptr, adj)
+    assign.accept_global_fragment(state, members[0])
     np.testing.assert_array_equal(state.identity, [1, 2, 3])
     clash = np.array([[0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.2, 0.2, 0.6]])
-    state = assign._Assigner(clash, ptr, adj)
-    assign._accept_global_fragment(state, members[0])
+    state = assign.Assigner(clash, ptr, adj)
+    assign.accept_global_fragment(state, members[0])
     np.testing.assert_array_equal(state.identity, [0, 0, 0])  # left to residual identification
     identity, _ = assign.assign_fragments(clash, np.array([5, 5, 5]), ptr, adj, members)
     assert sorted(identity) == [1, 2, 3]
@@ -113,7 +113,7 @@ def test_global_fragment_needs_unique_consistent_identities():
 
 def test_fake_session_assignment_from_true_probabilities_is_exact():
     s = make_fake_session(seed=4)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     truth = np.array([s.truth[int(f)] for f in table.ids])
     rng = np.random.default_rng(0)
     p1 = np.full((len(table), 4), 0.1) + rng.uniform(0, 0.05, (len(table), 4))

@@ -1,10 +1,12 @@
 """End to end on a session recorded by the real live engine: scrambled live identities are recovered.
 
-The live engine (``toxrt.session.run_session``) tracks a small simulated arena and records its
+The live engine (``toxrt.tracking.run_tracking``) tracks a small simulated arena and records its
 session folder; the identity column of ~20 % of the individual fragments is then rewritten in the
-recorded blob chunks, and the live trajectories are rewritten from those identities (as if the live
-stage had confused those animals: refinement reads both). ``refine_session`` on that folder must
-give trajectories that are >= 99.5 % correct outside crossings against the simulator's ground truth.
+recorded blob chunks, the live trajectories are rewritten from those identities and the end of the
+session's decision (``fragment_identities.npz``) is removed, as if the live stage had confused those
+animals: refinement then starts from the recorded per-row identities. ``refine_session`` on that
+folder must give trajectories that are >= 99.5 % correct outside crossings against the simulator's
+ground truth.
 """
 from __future__ import annotations
 
@@ -16,13 +18,17 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from toxrt.config import build_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
-from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
-from toxrt.session_end import FRAGMENT_IDENTITIES  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.refine import refine_session  # noqa: E402
+from toxrt.trajectories import assemble_trajectories
+from toxrt.io.trajectory_files import write_trajectories  # noqa: E402
+from toxrt.io.layout import FRAGMENT_IDENTITIES  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 ANIMALS = 5
 FAST = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=300, eval_every=25,
@@ -38,7 +44,7 @@ def engine_session(tmp_path_factory) -> tuple[Path, SimulatedArena]:
                       "appearance_spread": 0.6},
               "streaming": {"publish_address": "", "marker_address": ""}}
     arena = SimulatedArena(build_config(values).sim, ANIMALS)
-    summary = run_session(build_config({**values, **arena.tracking_parameters()}), progress=False,
+    summary = run_tracking(build_config({**values, **arena.tracking_parameters()}), progress=False,
                           overwrite=True)
     return Path(summary["session"]), arena
 
@@ -79,25 +85,26 @@ def rewrite_live_trajectories(folder: Path) -> None:
                                                                 ANIMALS, max_crossing_gap=50)
     meta = {**session.meta, "body_length": session.meta.get("body_length_px"), "source": "toxrt-live"}
     write_trajectories(folder / "trajectories", trajectories, probabilities, status, meta, ["npy"])
-    (folder / FRAGMENT_IDENTITIES).unlink()  # the end-of-session decision would be the reference otherwise
+    (folder / FRAGMENT_IDENTITIES).unlink()  # else the end-of-session decision would be refine's reference
 
 
 def solo_accuracy(folder: Path, arena: SimulatedArena) -> float:
-    return evaluate(load_predicted(folder)[0], truth_of(arena), arena.body_length_px).accuracy_solo
+    return evaluate(load_trajectories(folder)[0], truth_of(arena), arena.body_length_px).accuracy_solo
 
 
+@pytest.mark.slow
 def test_refinement_recovers_scrambled_live_identities_of_an_engine_session(engine_session):
     folder, arena = engine_session
-    assert load_predicted(folder)[1]["source"] == "toxrt-live"
+    assert load_trajectories(folder)[1]["source"] == "toxrt-live"
     chosen = scramble_recorded_identities(folder, 0.2, seed=0)
     rewrite_live_trajectories(folder)
     assert chosen.size >= 3
     assert solo_accuracy(folder, arena) < 0.9  # the rewrite really damaged the live identities
 
-    summary = refine_session(folder, RefineOptions(**FAST), progress=False)
+    summary = refine_session(folder, RefineConfig(**FAST), progress=False)
 
     assert summary.status == "refined" and summary.images_changed > 0
-    trajectories, data, _ = load_predicted(folder)
+    trajectories, data, _ = load_trajectories(folder)
     assert data["source"] == "toxrt-refined"
     report = evaluate(trajectories, truth_of(arena), arena.body_length_px)
     assert report.accuracy_solo >= 0.995

@@ -10,14 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toxrt.config import RecordingConfig  # noqa: E402
+from toxrt.config import RefineConfig, build_config  # noqa: E402
 from toxrt.errors import ConfigError, SessionError  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
-from toxrt.output import assemble_trajectories, write_trajectories  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
-from toxrt.types import Blobs, FrameResult  # noqa: E402
+from toxrt.offline.refine import refine, refine_config, refine_session, resolved  # noqa: E402
 
-from .test_offline_fake import FakeSession, make_fake_session  # noqa: E402
+from .helpers import FakeSession, make_fake_session, write_as_session  # noqa: E402
 
 FAST = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=32, max_batches=150, eval_every=25,
             patience=3, silhouette_target=0.85, silhouette_images=400, threads=1, seed=0)
@@ -41,9 +38,10 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def refined(fake, checkpoint):
-    return refine(fake, RefineOptions(**FAST), checkpoint=checkpoint, progress=False)
+    return refine(fake, RefineConfig(**FAST), checkpoint=checkpoint, progress=False)
 
 
+@pytest.mark.slow
 def test_refinement_recovers_scrambled_identities(fake, refined):
     live = image_accuracy(refined, fake, refined.table.live_identity)
     assert live < 0.9  # the live labelling is scrambled
@@ -56,6 +54,7 @@ def test_refinement_recovers_scrambled_identities(fake, refined):
     assert 0.95 < refined.estimated_accuracy() <= 1.0
 
 
+@pytest.mark.slow
 def test_refined_coexisting_fragments_never_share_an_identity(refined):
     a, b = refined.identity[refined.table.pairs[:, 0]], refined.identity[refined.table.pairs[:, 1]]
     assert not ((a == b) & (a > 0)).any()
@@ -68,7 +67,7 @@ def test_too_few_coexisting_fragments_keeps_live_identities():
     keep |= lonely.blobs["is_crossing"] & (np.arange(len(keep)) % 4 == 0)
     lonely.blobs, lonely.images = lonely.blobs[keep], lonely.images[keep]
     lonely.fragments = lonely.fragments[np.isin(lonely.fragments["fragment"], lonely.blobs["fragment"])]
-    result = refine(lonely, RefineOptions(**FAST), progress=False)
+    result = refine(lonely, RefineConfig(**FAST), progress=False)
     assert result.status == "kept_live"
     np.testing.assert_array_equal(result.identity, result.table.live_identity)
     assert any("too few coexisting fragments" in w for w in result.warnings)
@@ -77,42 +76,21 @@ def test_too_few_coexisting_fragments_keeps_live_identities():
 
 def test_bad_options_and_input_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="network"):
-        RefineOptions(network="vgg")
+        build_config({"refine": {"network": "vgg"}})
     with pytest.raises(SessionError, match="not a session folder"):
-        refine_session(tmp_path / "missing", RefineOptions(**FAST), progress=False)
+        refine_session(tmp_path / "missing", RefineConfig(**FAST), progress=False)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "session.json").write_text(json.dumps({"format": "toxrt-session-0"}))
     with pytest.raises(SessionError, match="format"):
-        refine_session(tmp_path / "old", RefineOptions(**FAST), progress=False)
+        refine_session(tmp_path / "old", RefineConfig(**FAST), progress=False)
 
 
-def write_as_session(fake: FakeSession, folder: Path) -> None:
-    """Record the fake session through the real SessionWriter, then write its live trajectories."""
-    meta = {"number_of_animals": 4, "frames_per_second": 25.0, "width": 500, "height": 500,
-            "body_length_px": 20.0, "video_paths": []}
-    size = fake.images.shape[1]
-    with SessionWriter(folder, RecordingConfig(), meta, 'trajectories_formats = ["npy"]\n', None, size, 4) as w:
-        for frame in range(fake.n_frames):
-            sel = np.flatnonzero(fake.blobs["frame"] == frame)
-            rows = fake.blobs[sel]
-            k = sel.size
-            blobs = Blobs(centroid=np.stack([rows["x"], rows["y"]], axis=1), area=rows["area"].astype(float),
-                          orientation=np.zeros(k), bbox=np.zeros((k, 4), np.int32), hu=np.zeros((k, 7)),
-                          histogram=np.full((k, 4), 0.25, np.float32), crop=fake.images[sel],
-                          is_crossing=rows["is_crossing"])
-            w.write_frame(FrameResult(frame, frame / 25.0, blobs, rows["fragment"].copy(),
-                                      rows["identity"].copy(), rows["probability"].copy(),
-                                      np.zeros(k, np.uint8)))
-    live = {int(r["fragment"]): (int(r["identity"]), 0.9) for r in fake.fragments if r["identity"] > 0}
-    traj, prob, status = assemble_trajectories(fake.blobs, live, fake.n_frames, 4, max_crossing_gap=10)
-    write_trajectories(folder / "trajectories", traj, prob, status, meta, ["npy"])
-
-
+@pytest.mark.slow
 def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint, tmp_path):
     folder = tmp_path / "session_fake"
     write_as_session(fake, folder)
     # the checkpoint of the in-memory run fits this recording of the same session: no retraining
-    options = RefineOptions(**FAST, checkpoint=str(checkpoint))
+    options = RefineConfig(**FAST, checkpoint=str(checkpoint))
     summary = refine_session(folder, options, progress=False)
     assert summary.resumed_from == refined.batches
     out = folder / "trajectories"
@@ -140,19 +118,19 @@ def test_refine_session_writes_refined_and_keeps_live(fake, refined, checkpoint,
 
 
 def test_auto_options_resolve_per_device():
-    cpu = RefineOptions().resolved("cpu", 8)
+    cpu = resolved(RefineConfig(), "cpu", 8)
     assert (cpu.network, cpu.batch_pairs, cpu.eval_every, cpu.patience) == ("small", 100, 25, 8)
     assert (cpu.min_batches, cpu.time_budget_s) == (500, 600.0)
     assert (cpu.min_improvement, cpu.silhouette_images, cpu.max_batches) == (0.01, 2000, 3000)
-    gpu = RefineOptions().resolved("cuda", 30)
+    gpu = resolved(RefineConfig(), "cuda", 30)
     assert (gpu.network, gpu.batch_pairs, gpu.eval_every, gpu.patience) == ("resnet18", 400, 150, 30)
     assert (gpu.min_batches, gpu.time_budget_s) == (0, 0.0)
     assert (gpu.min_improvement, gpu.silhouette_images, gpu.max_batches) == (0.0, 30000, 15000)
     # explicit values are kept
-    mine = RefineOptions(network="resnet18", batch_pairs=7, min_improvement=0.0).resolved("cpu", 8)
+    mine = resolved(RefineConfig(network="resnet18", batch_pairs=7, min_improvement=0.0), "cpu", 8)
     assert (mine.network, mine.batch_pairs, mine.min_improvement) == ("resnet18", 7, 0.0)
-    with pytest.raises(ConfigError, match="min_improvement"):
-        RefineOptions(min_improvement=2.0)
+    with pytest.raises(ConfigError, match=r"refine.min_improvement: 2.0 is out of range \(-1 \(auto\) or from 0 to below 1\)"):
+        build_config({"refine": {"min_improvement": 2.0}})
 
 
 def test_auto_network_does_not_fall_back_to_resnet18_on_a_cpu(fake, monkeypatch):
@@ -170,7 +148,24 @@ def test_auto_network_does_not_fall_back_to_resnet18_on_a_cpu(fake, monkeypatch)
         return result
 
     monkeypatch.setattr(train_module, "train_embedding", recording_train)
-    options = RefineOptions(**{**FAST, "network": "auto", "max_batches": 50})
+    options = RefineConfig(**{**FAST, "network": "auto", "max_batches": 50})
     result = refine(fake, options, progress=False)
     assert networks == ["small"]  # no automatic ResNet18 on a CPU: it never converged there
     assert not any("ResNet18" in w for w in result.warnings)
+
+
+def test_a_refine_run_takes_its_settings_from_the_sessions_refine_table_then_the_flags(tmp_path):
+    folder = tmp_path / "session_tabled"
+    write_as_session(make_fake_session(n_frames=40, seed=4), folder)
+    assert refine_config(folder) == RefineConfig()  # no [refine] table: the defaults
+    (folder / "parameters.toml").write_text('[refine]\nmethod = "contrastive"\nmax_batches = 7\n')
+    cfg = refine_config(folder, {"max_batches": 100, "network": "small"})
+    assert (cfg.method, cfg.max_batches, cfg.network) == ("contrastive", 100, "small")
+    with pytest.raises(ConfigError, match=r"refine.max_batches: expected an integer, got 'x'"):
+        refine_config(folder, {"max_batches": "x"})
+    with pytest.raises(ConfigError, match=r"refine.patience: -3 is out of range \(0 or from 1 to 1000000\)"):
+        refine_config(folder, {"patience": -3})
+    with pytest.raises(ConfigError, match="unknown key 'refine.max_batch'"):
+        refine_config(folder, {"max_batch": 3})
+    (folder / "parameters.toml").write_text("[linking]\nmax_gap = 3\n")  # another version's file
+    assert refine_config(folder, {"seed": 5}) == RefineConfig(seed=5)

@@ -1,48 +1,20 @@
-"""Fragments, coexistence and pair sampling of the offline stage (numpy only, no torch)."""
+"""Pair sampling and image loading of the offline stage (numpy only, no torch)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from toxrt.errors import SessionError
-from toxrt.offline.dataset import (ImageLoader, build_fragment_table, check_session, coexisting_pairs,
-                                   global_fragments, resize_batch)
+from toxrt.fragments import build_fragment_table
+from toxrt.offline.dataset import ImageLoader, check_session, resize_batch
 from toxrt.offline.sampler import PairSampler
 
-from .test_offline_fake import make_fake_session
-
-
-def brute_force_pairs(start, end):
-    return {(i, j) for i in range(len(start)) for j in range(i + 1, len(start))
-            if start[i] <= end[j] and start[j] <= end[i]}
-
-
-def test_coexisting_pairs_match_brute_force():
-    rng = np.random.default_rng(3)
-    start = rng.integers(0, 100, 60)
-    end = start + rng.integers(0, 15, 60)
-    pairs = coexisting_pairs(start, end)
-    assert {tuple(p) for p in pairs} == brute_force_pairs(start, end)
-    assert len(pairs) == len({tuple(p) for p in pairs})
-
-
-def test_fragment_table_leaves_out_crossings_and_groups_rows():
-    s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
-    individual = s.fragments[~s.fragments["is_crossing"]]
-    assert set(table.ids) == set(individual["fragment"])
-    for f in range(len(table)):
-        rows = table.rows[table.offsets[f]:table.offsets[f + 1]]
-        assert (s.blobs["fragment"][rows] == table.ids[f]).all()
-        assert not s.blobs["is_crossing"][rows].any()
-        assert np.all(np.diff(s.blobs["frame"][rows]) > 0)
-    live = {int(r["fragment"]): int(r["identity"]) for r in individual}
-    assert [live[int(i)] for i in table.ids] == list(table.live_identity)
+from .helpers import make_fake_session
 
 
 def test_sampler_respects_coexistence_and_leaves_out_small_fragments():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), images_per_fragment=10)
     coexist = {tuple(p) for p in table.pairs}
     frag_of_row = np.full(len(s.blobs), -1)
@@ -65,7 +37,7 @@ def test_sampler_respects_coexistence_and_leaves_out_small_fragments():
 
 def test_images_per_fragment_limits_the_pool_evenly():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), images_per_fragment=4)
     seen = set()
     for _ in range(20):
@@ -79,7 +51,7 @@ def test_images_per_fragment_limits_the_pool_evenly():
 
 def test_loss_scores_decay_and_shift_sampling():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     sampler = PairSampler(table, np.random.default_rng(0), alpha=0.5)
     p_pos0, p_neg0 = sampler.probabilities()
     np.testing.assert_allclose(p_pos0.sum(), 1.0)
@@ -105,7 +77,7 @@ def test_loss_scores_decay_and_shift_sampling():
 
 def test_sampler_state_round_trip_repeats_the_draws():
     s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
+    table = build_fragment_table(s.blobs)
     a = PairSampler(table, np.random.default_rng(5))
     state = a.state_dict()
     first = a.sample(20)
@@ -114,20 +86,6 @@ def test_sampler_state_round_trip_repeats_the_draws():
     second = b.sample(20)
     np.testing.assert_array_equal(first.negative_a, second.negative_a)
     np.testing.assert_array_equal(first.positive_b, second.positive_b)
-
-
-def test_global_fragments_are_n_coexisting_fragments_sharing_a_frame():
-    s = make_fake_session(seed=2)
-    table = build_fragment_table(s)
-    sets = global_fragments(table, s.blobs, 4)
-    assert len(sets) > 0
-    coexist = {tuple(p) for p in table.pairs}
-    for members in sets:
-        assert len(set(members)) == 4
-        assert all((a, b) in coexist for i, a in enumerate(sorted(members)) for b in sorted(members)[i + 1:])
-        assert max(table.start[members]) <= min(table.end[members])
-    shortest = table.n_images[sets].min(axis=1)
-    assert (np.diff(shortest) <= 0).all()
 
 
 def test_image_loader_resizes_and_keeps_order():

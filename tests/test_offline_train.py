@@ -6,10 +6,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from toxrt.offline.dataset import ImageLoader, build_fragment_table  # noqa: E402
-from toxrt.offline.train import SilhouetteStopper, TrainSettings, train_embedding  # noqa: E402
+from toxrt.offline.dataset import ImageLoader  # noqa: E402
+from toxrt.fragments import build_fragment_table  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.train import SilhouetteStopper, train_embedding  # noqa: E402
 
-from .test_offline_fake import make_fake_session  # noqa: E402
+from .helpers import make_fake_session  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -60,25 +62,26 @@ def test_stopper_state_round_trip():
     assert not b.update(0.45) and b.update(0.3)
 
 
+# every automatic value of the [refine] table given (train_embedding takes them resolved)
 SETTINGS = dict(network="small", image_size=16, batch_pairs=16, eval_every=5, patience=100,
-                silhouette_images=200, seed=3)
+                silhouette_images=200, seed=3, min_improvement=0.0, min_batches=0, time_budget_s=0.0)
 
 
 @pytest.fixture(scope="module")
 def data():
     s = make_fake_session(n_frames=160, seed=5)
-    return build_fragment_table(s), ImageLoader(s, 16)
+    return build_fragment_table(s.blobs), ImageLoader(s, 16)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(data, tmp_path):
     table, loader = data
     torch.set_num_threads(1)  # equal thread counts give bit-equal runs; 1 is robust on a busy machine
-    straight = train_embedding(table, loader, 4, TrainSettings(max_batches=20, **SETTINGS), CPU,
+    straight = train_embedding(table, loader, 4, RefineConfig(max_batches=20, **SETTINGS), CPU,
                                tmp_path / "a.pt", progress=False)
-    first = train_embedding(table, loader, 4, TrainSettings(max_batches=10, **SETTINGS), CPU,
+    first = train_embedding(table, loader, 4, RefineConfig(max_batches=10, **SETTINGS), CPU,
                             tmp_path / "b.pt", progress=False)
     assert first.batches == 10 and (tmp_path / "b.pt").exists()
-    resumed = train_embedding(table, loader, 4, TrainSettings(max_batches=20, **SETTINGS), CPU,
+    resumed = train_embedding(table, loader, 4, RefineConfig(max_batches=20, **SETTINGS), CPU,
                               tmp_path / "b.pt", progress=False)
     assert resumed.resumed_from == 10 and resumed.batches == 20
     assert [b for b, _ in resumed.history] == [5, 10, 15, 20]
@@ -87,7 +90,7 @@ def test_resumed_training_equals_an_uninterrupted_run(data, tmp_path):
         torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-5, rtol=1e-5)
     assert straight.silhouette == max(s for _, s in straight.history)
     # a checkpoint made with other settings is not resumed
-    other = train_embedding(table, loader, 4, TrainSettings(max_batches=5, **{**SETTINGS, "seed": 4}), CPU,
+    other = train_embedding(table, loader, 4, RefineConfig(max_batches=5, **{**SETTINGS, "seed": 4}), CPU,
                             tmp_path / "b.pt", progress=False)
     assert other.resumed_from == 0
 
@@ -110,7 +113,7 @@ class InterruptingLoader:
 def test_ctrl_c_keeps_the_best_model_and_saves_a_checkpoint(data, tmp_path):
     table, loader = data
     interrupting = InterruptingLoader(loader, 4 * SETTINGS["batch_pairs"], at_call=13)
-    result = train_embedding(table, interrupting, 4, TrainSettings(max_batches=50, **SETTINGS), CPU,
+    result = train_embedding(table, interrupting, 4, RefineConfig(max_batches=50, **SETTINGS), CPU,
                              tmp_path / "c.pt", progress=False)
     assert result.interrupted and result.batches == 12
     assert [b for b, _ in result.history] == [5, 10]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import trajectorytools as tt
 
-from toxrt.output import area_summary, assemble, assemble_trajectories, write_trajectories
+from toxrt.io.trajectory_files import area_summary, write_trajectories
+from toxrt.trajectories import assemble, assemble_trajectories
 from toxrt.types import BLOB_RECORD_DTYPE, Status
 
 

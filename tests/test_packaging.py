@@ -11,11 +11,9 @@ import pytest
 
 from toxrt.config import Config, build_config, config_to_dict
 
+from .helpers import toxrt
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def toxrt(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "toxrt", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def test_config_defaults_prints_the_shipped_file():

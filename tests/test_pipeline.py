@@ -3,12 +3,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from toxrt.config import build_config, load_config
-from toxrt.metrics import GroundTruth, evaluate, evaluate_session, load_predicted
-from toxrt.session import run_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import SimulatedArena, write_simulation
+from toxrt.evaluation.groundtruth import GroundTruth
+from toxrt.evaluation.metrics import evaluate, evaluate_session
+from toxrt.io.trajectory_files import load_trajectories
+from toxrt.tracking import run_tracking
+from toxrt.io.session_reader import load_session
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
 from toxrt.types import Status
 
 
@@ -24,12 +28,13 @@ def sim_config(tmp_path, animals=8, frames=300, **sim):
     return build_config({**values, **arena.tracking_parameters()}), arena
 
 
+@pytest.mark.slow
 def test_simulated_arena_identities_are_kept(tmp_path):
     config, arena = sim_config(tmp_path)
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     truth = GroundTruth(frames=np.arange(arena.n_frames), ids=list(range(1, 9)),
                         positions=arena.positions, crossing=arena.crossing)
-    predicted, data, _ = load_predicted(summary["session"])
+    predicted, data, _ = load_trajectories(summary["session"])
     report = evaluate(predicted, truth, arena.body_length_px)
     assert report.accuracy_solo >= 0.99
     assert report.accuracy_all >= 0.97
@@ -45,15 +50,17 @@ def test_simulated_arena_identities_are_kept(tmp_path):
         assert len(ids) == len(set(ids.tolist())), "two blobs of one frame share a live identity"
 
 
+@pytest.mark.slow
 def test_light_animals_on_dark_ground(tmp_path):
     config, arena = sim_config(tmp_path, animals=4, frames=150, light_on_dark=True)
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     truth = GroundTruth(frames=np.arange(arena.n_frames), ids=[1, 2, 3, 4],
                         positions=arena.positions, crossing=arena.crossing)
-    report = evaluate(load_predicted(summary["session"])[0], truth, arena.body_length_px)
+    report = evaluate(load_trajectories(summary["session"])[0], truth, arena.body_length_px)
     assert report.accuracy_solo >= 0.99
 
 
+@pytest.mark.slow
 def test_track_a_video_file_from_the_command_line(tmp_path):
     sim = build_config({"sim": {"frames": 200, "seed": 5, "width": 320, "height": 240, "body_length_px": 20}}).sim
     paths = write_simulation(tmp_path / "arena", sim, 4)
@@ -74,6 +81,7 @@ def test_track_a_video_file_from_the_command_line(tmp_path):
     assert evaluate_cli.returncode == 0 and "accuracy solo" in evaluate_cli.stdout
 
 
+@pytest.mark.slow
 def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     sim = build_config({"sim": {"frames": 120, "seed": 2, "width": 240, "height": 180, "body_length_px": 20}}).sim
     paths = write_simulation(tmp_path / "arena", sim, 3)
@@ -81,7 +89,7 @@ def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     data = video.read_bytes()
     video.write_bytes(data[: int(len(data) * 0.6)])
     config = load_config(paths["params"], {"output_dir": str(tmp_path / "out"), **NO_STREAMING})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     assert summary["stopped_early_at"] is not None and 0 < summary["stopped_early_at"] < 120
     trajectories = np.load(tmp_path / "out" / "session_simulation" / "trajectories" / "trajectories.npy",
                            allow_pickle=True).item()["trajectories"]
@@ -89,6 +97,7 @@ def test_video_that_breaks_off_keeps_what_was_tracked(tmp_path):
     assert np.isfinite(trajectories[: summary["stopped_early_at"] - 5]).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_frames_without_animals_are_normal(tmp_path):
     import cv2
 
@@ -103,5 +112,29 @@ def test_frames_without_animals_are_normal(tmp_path):
     config = build_config({"video_paths": [str(folder / "frame_%06d.png")], "number_of_animals": 2,
                            "output_dir": str(tmp_path), "frames_per_second": 25, **arena.tracking_parameters(),
                            "streaming": LOOPBACK_ANY_PORT})
-    summary = run_session(config, progress=False)
+    summary = run_tracking(config, progress=False)
     assert summary["frames"] == 60 and summary["frame_errors"] == 0
+
+
+def test_the_tracker_never_changes_the_blobs_it_is_given_and_reports_the_linkers_crossings(tmp_path):
+    from toxrt.pipeline import LiveTracker, prepare
+    from toxrt.sources.simulated import SimulatedSource
+    from toxrt.types import BLOB_FIELDS, Frame
+
+    config, arena = sim_config(tmp_path, animals=8, frames=250)
+    setup = prepare(config, SimulatedSource(config))
+    tracker = LiveTracker(config, setup, learn=False)
+    detect = tracker.detector()  # as a file's reader thread runs it
+    crossings = 0
+    for index, image in arena.frames():
+        frame = detect(Frame(index, index / arena.fps, image))
+        before = {name: getattr(frame.blobs, name).copy() for name in BLOB_FIELDS}
+        result = tracker.step(frame)
+        assert result.blobs is frame.blobs
+        assert all(np.array_equal(getattr(frame.blobs, name), before[name]) for name in BLOB_FIELDS)
+        assert result.is_crossing.shape == (len(frame.blobs),)
+        assert np.array_equal(result.status == Status.CROSSING, result.is_crossing)
+        assert not result.identity[result.is_crossing].any()  # crossings carry no identity of their own
+        crossings += int(result.is_crossing.sum())
+    tracker.close()
+    assert crossings > 0 and tracker.detected_ahead == arena.n_frames

@@ -12,9 +12,10 @@ import pytest
 import zmq
 
 from toxrt.errors import ToxrtError
-from toxrt.publish import (STATUS_NAMES, Publisher, StatusMeter, decode, encode, encode_positions, event_message,
-                           is_loopback_address)
-from toxrt.types import IdentityEvent, Status
+from toxrt.stream.publish import Publisher, StatusMeter
+from toxrt.stream.sockets import is_loopback_address
+from toxrt.stream.wire import decode, encode, encode_positions, event_message
+from toxrt.types import STATUS_NAMES, IdentityEvent, Status
 
 ANY_PORT = "tcp://127.0.0.1:*"
 POS_KEYS = {"v", "frame", "seq", "t_capture", "t_publish", "n", "id", "fragment", "x", "y", "heading",
@@ -28,7 +29,7 @@ def animals(n: int, seed: int, frame: int = 0) -> dict[str, np.ndarray]:
         "ids": np.arange(1, n + 1, dtype=np.int32),
         "x": rng.uniform(0, 640, n), "y": rng.uniform(0, 480, n),
         "heading": rng.uniform(-np.pi / 2, np.pi / 2, n), "area": rng.uniform(100, 400, n),
-        "status": rng.integers(0, 4, n).astype(np.uint8), "p": rng.random(n).astype(np.float32),
+        "status": rng.integers(0, len(Status), n).astype(np.uint8), "p": rng.random(n).astype(np.float32),
         "fragment": np.arange(n, dtype=np.int64) + 100,
     }
 
@@ -98,7 +99,7 @@ def test_encode_positions_of_a_frame_without_blobs():
 
 
 def test_status_names_follow_the_status_enum():
-    assert STATUS_NAMES == {0: "measured", 1: "predicted", 2: "crossing", 3: "lost"}
+    assert STATUS_NAMES == {0: "measured", 1: "predicted", 2: "crossing"}
     assert STATUS_NAMES[int(Status.CROSSING)] == "crossing"
 
 
@@ -109,7 +110,7 @@ def test_decode_rejects_what_is_not_one_map():
 
 
 def test_identity_event_message_uses_the_recorded_event_names():
-    message = event_message(IdentityEvent(frame_index=12, fragment=4, old_identity=2, new_identity=3,
+    message = event_message(IdentityEvent(frame=12, fragment=4, old_identity=2, new_identity=3,
                                           probability=0.9), t_publish=5.0)
     assert message == {"v": 1, "type": "identity", "frame": 12, "fragment": 4, "old_identity": 2,
                        "new_identity": 3, "probability": 0.9, "t_publish": 5.0}
@@ -137,7 +138,7 @@ def test_status_meter_percentiles_and_rates():
 # A subscriber in another process: prints every pos message it gets as one JSON line.
 SUBSCRIBER = r"""
 import json, sys, zmq
-from toxrt.publish import decode
+from toxrt.stream.wire import decode
 address, count = sys.argv[1], int(sys.argv[2])
 socket = zmq.Context().socket(zmq.SUB)
 socket.setsockopt(zmq.SUBSCRIBE, b"pos")

@@ -16,8 +16,8 @@ import pytest
 
 from toxrt.config import RecordingConfig
 from toxrt.errors import SessionError
-from toxrt.recording import SessionWriter
-from toxrt.session_reader import coexisting_pairs, load_session
+from toxrt.io.recording import SessionWriter
+from toxrt.io.session_reader import load_session
 from toxrt.types import BLOB_RECORD_DTYPE, Blobs, FrameResult, IdentityEvent, Status, blob_records
 
 BINS = 16
@@ -68,7 +68,7 @@ def make_result(frame: int) -> FrameResult:
         hu=rng.normal(size=(n, 7)),
         histogram=histogram,
         crop=rng.integers(0, 256, (n, CROP, CROP), dtype=np.uint8),
-        is_crossing=crossing,
+        oversized=crossing,
     )
     events = [IdentityEvent(frame, int(f), 0, int(i), 0.9) for f, i in zip(fragment, identity)
               if f in starts and frame - starts[f] == 5]
@@ -77,6 +77,7 @@ def make_result(frame: int) -> FrameResult:
         time_s=frame / 25.0,
         blobs=blobs,
         fragment=fragment.astype(np.int64),
+        is_crossing=crossing,
         identity=identity.astype(np.int32),
         probability=np.where(identity > 0, 0.9, 0.0).astype(np.float32),
         status=np.where(crossing, Status.CROSSING, Status.MEASURED).astype(np.uint8),
@@ -102,7 +103,7 @@ def recorded(tmp_path_factory) -> tuple[Path, SessionWriter, list[FrameResult]]:
         for result in results:
             writer.write_frame(result)
             writer.write_events(result.events)  # IdentityEvents are accepted as they are
-        writer.write_events([{"type": "source", "frame_index": 0, "what": "opened"}])
+        writer.write_events([{"type": "source", "frame": 0, "what": "opened"}])
         writer.update_meta(frames_tracked=N_FRAMES, stop_frame=N_FRAMES - 1)
     return folder, writer, results
 
@@ -139,8 +140,8 @@ def test_round_trip_meta_parameters_background_events(recorded):
     identity_events = [e for e in session.events if e["type"] == "identity"]
     expected = [e for r in results for e in r.events]
     assert [(e["frame"], e["fragment"], e["new_identity"]) for e in identity_events] == \
-        [(e.frame_index, e.fragment, e.new_identity) for e in expected]
-    assert {"type": "source", "frame_index": 0, "what": "opened"} in session.events
+        [(e.frame, e.fragment, e.new_identity) for e in expected]
+    assert {"type": "source", "frame": 0, "what": "opened"} in session.events
 
 
 def test_writer_never_drops(recorded):
@@ -180,22 +181,12 @@ def test_fragment_samples(recorded):
     assert samples[4][0].shape[0] == 10 and len(session.fragment_samples(500, np.random.default_rng(0))[7][1]) == 300
 
 
-def test_coexisting_pairs_matches_brute_force():
-    rng = np.random.default_rng(3)
-    start = rng.integers(0, 1000, 800)
-    end = start + rng.integers(0, 40, 800)
-    got = {tuple(p) for p in coexisting_pairs(start, end)}
-    i, j = np.triu_indices(800, k=1)
-    overlap = (start[i] <= end[j]) & (start[j] <= end[i])
-    assert got == set(zip(i[overlap].tolist(), j[overlap].tolist()))
-
-
 def test_without_images_and_empty_frames(tmp_path):
     cfg = RecordingConfig(identification_images=False, flush_interval_s=0.05, queue_frames=100)
     with open_writer(tmp_path / "s", cfg) as writer:
         writer.write_frame(make_result(0))
-        empty = FrameResult(1, 0.04, Blobs.empty(BINS, CROP), np.zeros(0, np.int64), np.zeros(0, np.int32),
-                            np.zeros(0, np.float32), np.zeros(0, np.uint8))
+        empty = FrameResult(1, 0.04, Blobs.empty(BINS, CROP), np.zeros(0, np.int64), np.zeros(0, bool),
+                            np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.uint8))
         writer.write_frame(empty)
     session = load_session(tmp_path / "s")
     assert session.n_frames == 2 and len(session.blobs) == 3
@@ -403,7 +394,7 @@ class SlowDiskWriter(SessionWriter):
 def test_a_slow_disk_is_measured_warned_and_loses_nothing_on_close(tmp_path, caplog):
     clock = SlowDiskClock(write_s=1.5)
     meta = {"frames_per_second": 25.0, "number_of_animals": 3}
-    with caplog.at_level("WARNING", logger="toxrt.recording"):
+    with caplog.at_level("WARNING", logger="toxrt.io.recording"):
         with SlowDiskWriter(tmp_path / "s", RecordingConfig(flush_interval_s=0.1, queue_frames=8), meta, "",
                             None, CROP, BINS, clock=clock) as writer:
             for frame in range(60):
@@ -423,7 +414,7 @@ SLOW_CHILD = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_recording import make_result, open_writer
     from toxrt.config import RecordingConfig
-    from toxrt import recording
+    from toxrt.io import recording
 
     real_write_chunk = recording.SessionWriter._write_chunk
     def slow_write_chunk(self, frames):  # a network share: every chunk takes {write_s} s
@@ -523,7 +514,7 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
     """On a filesystem that cannot lock files (some network shares) the PID alone decides."""
     import errno
 
-    from toxrt import session_lock
+    from toxrt.io import session_lock
 
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
@@ -541,3 +532,17 @@ def test_without_flock_the_pid_in_the_lock_file_decides(tmp_path, monkeypatch):
         alive.wait()
     with session_lock.SessionLock(folder):  # the same PID, now dead: taken over
         assert (folder / "toxrt.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path):
+    from toxrt.io.atomic import atomic_open, temporary_path, write_text_atomic
+
+    path = tmp_path / "summary.json"
+    write_text_atomic(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as handle:
+            handle.write("half of the new")
+            raise RuntimeError("the disk is full")
+    assert path.read_text() == "old" and temporary_path(path).exists()  # toxrt finish removes the rest
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new"

@@ -13,13 +13,13 @@ torch = pytest.importorskip("torch")
 
 from toxrt.config import RecordingConfig  # noqa: E402
 from toxrt.errors import SessionError  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine, refine_session  # noqa: E402
-from toxrt.output import read_plain_npz  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.refine import refine, refine_session  # noqa: E402
+from toxrt.io.trajectory_files import read_plain_npz  # noqa: E402
+from toxrt.io.recording import SessionWriter  # noqa: E402
 from toxrt.types import Blobs, FrameResult  # noqa: E402
 
-from .test_offline_fake import make_fake_session  # noqa: E402
-from .test_offline_refine import write_as_session  # noqa: E402
+from .helpers import make_fake_session, write_as_session  # noqa: E402
 
 QUICK = dict(method="contrastive", min_batches=0, time_budget_s=0, device="cpu", network="small", image_size=16, batch_pairs=16, max_batches=10, eval_every=5,
              patience=1, silhouette_images=100, threads=1, seed=0)
@@ -69,10 +69,10 @@ def test_refine_runs_nothing_from_a_crafted_session_folder(tmp_path, caplog):
     checkpoint = folder / "offline" / "checkpoint.pt"
     plant(checkpoint, proof)
     with caplog.at_level("WARNING"):
-        summary = refine_session(folder, RefineOptions(**QUICK), progress=False)
+        summary = refine_session(folder, RefineConfig(**QUICK), progress=False)
     assert not proof.exists()  # nothing was unpickled
     messages = " ".join(r.getMessage() for r in caplog.records)
-    assert "unreadable checkpoint" in messages and "the npy is not read" in messages
+    assert "unreadable checkpoint" in messages
     assert summary.batches == QUICK["max_batches"]  # trained afresh, the planted checkpoint ignored
     # the refined output has its pickle-free twin, which loads with allow_pickle=False
     assert read_plain_npz(out / "trajectories.npz")["trajectories"].shape == (fake.n_frames, 4, 2)
@@ -80,7 +80,7 @@ def test_refine_runs_nothing_from_a_crafted_session_folder(tmp_path, caplog):
     assert torch.load(checkpoint, weights_only=True)["batches"] == QUICK["max_batches"]
 
 
-def test_refine_reads_the_live_trajectories_from_the_plain_npz(tmp_path):
+def test_refine_keeps_the_live_trajectories_and_their_plain_npz(tmp_path):
     fake = make_fake_session(n_frames=120, seed=1)
     folder = tmp_path / "session_plain"
     write_as_session(fake, folder)
@@ -88,7 +88,7 @@ def test_refine_reads_the_live_trajectories_from_the_plain_npz(tmp_path):
     legacy = np.load(folder / "trajectories" / "trajectories.npy", allow_pickle=True).item()
     np.testing.assert_array_equal(plain["trajectories"], legacy["trajectories"])
     assert str(plain["source"]) == legacy["source"] and list(plain["identities_labels"]) == legacy["identities_labels"]
-    refine_session(folder, RefineOptions(**QUICK), progress=False)
+    refine_session(folder, RefineConfig(**QUICK), progress=False)
     kept = read_plain_npz(folder / "trajectories" / "trajectories_live.npz")  # kept beside the refined one
     np.testing.assert_array_equal(kept["trajectories"], legacy["trajectories"])
 
@@ -100,15 +100,16 @@ def record_without_images(folder: Path) -> None:
             blobs = Blobs(centroid=np.array([[10.0, 10.0], [50.0, 50.0]]), area=np.full(2, 100.0),
                           orientation=np.zeros(2), bbox=np.zeros((2, 4), np.int32), hu=np.zeros((2, 7)),
                           histogram=np.full((2, 4), 0.25, np.float32), crop=np.zeros((2, 12, 12), np.uint8),
-                          is_crossing=np.zeros(2, bool))
-            writer.write_frame(FrameResult(frame, frame / 25.0, blobs, np.array([1, 2]), np.array([1, 2], np.int32),
+                          oversized=np.zeros(2, bool))
+            writer.write_frame(FrameResult(frame, frame / 25.0, blobs, np.array([1, 2]), np.zeros(2, bool),
+                                           np.array([1, 2], np.int32),
                                            np.full(2, 0.9, np.float32), np.zeros(2, np.uint8)))
 
 
 def test_refine_without_identification_images_says_so(tmp_path):
     record_without_images(tmp_path / "s")
     with pytest.raises(SessionError, match="recorded without identification images"):
-        refine_session(tmp_path / "s", RefineOptions(**QUICK), progress=False)
+        refine_session(tmp_path / "s", RefineConfig(**QUICK), progress=False)
 
 
 def test_refine_with_a_missing_image_file_says_so(tmp_path):
@@ -116,10 +117,10 @@ def test_refine_with_a_missing_image_file_says_so(tmp_path):
     write_as_session(fake, tmp_path / "s")
     (tmp_path / "s" / "identification_images.u8").unlink()
     with pytest.raises(SessionError, match="identification images file is missing"):
-        refine_session(tmp_path / "s", RefineOptions(**QUICK), progress=False)
+        refine_session(tmp_path / "s", RefineConfig(**QUICK), progress=False)
 
 
 def test_a_single_animal_gets_no_identification_error_warning():
     lonely = make_fake_session(n_animals=1, n_frames=120, seed=3)
-    result = refine(lonely, RefineOptions(**QUICK), progress=False)
+    result = refine(lonely, RefineConfig(**QUICK), progress=False)
     assert not any("expect identification errors" in w for w in result.warnings)

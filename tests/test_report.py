@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from tools.headless_chromium import Chromium, find_chromium
-from toxrt.report import write_report
-from toxrt.results import open_session
+from toxrt.outputs.report import write_report
+from toxrt.outputs.results import open_session
 
 SECTIONS = ["Quality", "Session", "Trajectories over the arena", "Fragments, identities and crossings",
             "Identity probability over time", "Speed distributions", "Statistics per animal", "Tracking summary"]
@@ -46,6 +46,7 @@ def test_report_is_self_contained_and_shows_the_quality(session):
     assert "8 px/cm" in text and "distance_travelled_cm" in text  # the session is calibrated
 
 
+@pytest.mark.slow
 def test_report_opens_in_chromium(session, tmp_path):
     if find_chromium() is None:
         pytest.skip("chromium is not installed (tools/install_system_deps.sh installs it)")
@@ -67,8 +68,8 @@ def test_report_opens_in_chromium(session, tmp_path):
 
 
 def test_many_identities_get_a_heat_map(tmp_path):
-    from tests.test_stats import make_session
-    from toxrt.report_figures import MAX_PANELS, probability_over_time
+    from .helpers import make_session
+    from toxrt.outputs.report_figures import MAX_PANELS, probability_over_time
 
     rng = np.random.default_rng(0)
     n = MAX_PANELS + 4

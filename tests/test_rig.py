@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,24 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from toxrt.client import MultiCameraClient, listen
+from toxrt.stream.client import MultiCameraClient
+from toxrt.stream.listen import listen
 from toxrt.config import build_config
 from toxrt.errors import ConfigError
 from toxrt.rig import cameras_from_specs, load_rig, plan_cameras, shifted
-from toxrt.synthetic import SimulatedArena, write_simulation
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
+
+from .helpers import free_ports
 
 ANIMALS = 3
-
-
-def free_ports(n: int) -> list[int]:
-    probes = [socket.socket() for _ in range(n)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def write_params(folder: Path, frames: int, wait_for_subscriber_s: float = 30.0) -> Path:
@@ -53,6 +45,7 @@ def camera_table(name: str, source: str, pub: int, marker: int) -> str:
             f'publish_address = "tcp://127.0.0.1:{pub}"\nmarker_address = "tcp://127.0.0.1:{marker}"\n')
 
 
+@pytest.mark.slow
 def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscriber(tmp_path):
     write_params(tmp_path, frames=5000)  # the simulated camera runs until the rig stops it
     write_simulation(tmp_path / "recorded", build_config(
@@ -105,28 +98,36 @@ def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscr
     assert len(list((tmp_path / "sessions").glob("session_*.log"))) == 3
 
 
+@pytest.mark.slow
 def test_track_with_two_cameras_runs_a_process_each_and_listen_receives_both(tmp_path):
     params = write_params(tmp_path, frames=40)
     pub0, marker0 = free_ports(2)
     result: dict = {}
     csv_path = tmp_path / "both.csv"
     addresses = [f"tcp://127.0.0.1:{pub0}", f"tcp://127.0.0.1:{pub0 + 2}"]
+    # The cameras replay in real time, so a loaded machine may drop frames: the listener then waits
+    # out its duration instead of stopping at 80, and what it must have is what the cameras tracked.
     listener = threading.Thread(target=lambda: result.update(counts=listen(
-        addresses, csv_path=str(csv_path), max_frames=80, duration_s=120, out=io.StringIO())))
+        addresses, csv_path=str(csv_path), max_frames=80, duration_s=90, out=io.StringIO())))
     listener.start()
     track = subprocess.run(
         [sys.executable, "-m", "toxrt", "track", "--load", str(params), "--cameras", "a=sim:a", "b=sim:b",
          "--streaming.publish_address", f"tcp://127.0.0.1:{pub0}",
          "--streaming.marker_address", f"tcp://127.0.0.1:{marker0}"],
         capture_output=True, text=True, timeout=180)
-    listener.join(timeout=60)
+    listener.join(timeout=120)
     assert track.returncode == 0, track.stdout + track.stderr
-    assert result["counts"]["frames"] == 80 and result["counts"]["missed"] == 0
+    tracked = {json.loads(p.read_text())["camera"]: json.loads(p.read_text())["summary"]
+               for p in (tmp_path / "sessions").glob("session_*/session.json")}
+    assert set(tracked) == {"a", "b"}
+    assert all(s["frames"] + s["frames_dropped"] == 40 for s in tracked.values())
+    assert result["counts"]["frames"] == sum(s["frames"] for s in tracked.values())
+    assert result["counts"]["missed"] == 0
     with open(csv_path) as handle:
         rows = list(csv.DictReader(handle))
-    assert {row["camera"] for row in rows} == {"a", "b"}
     for camera in ("a", "b"):
-        assert sorted({int(r["frame"]) for r in rows if r["camera"] == camera}) == list(range(40))
+        frames = sorted({int(r["frame"]) for r in rows if r["camera"] == camera})
+        assert len(frames) == tracked[camera]["frames"] and set(frames) <= set(range(40))
 
 
 def test_camera_ports_and_names(tmp_path):
@@ -189,7 +190,8 @@ def frame_arrays(xs: list[float]) -> dict:
 
 
 def test_a_multi_camera_client_keeps_each_camera_apart():
-    from toxrt.publish import Publisher, decode, encode
+    from toxrt.stream.publish import Publisher
+    from toxrt.stream.wire import decode, encode
 
     assert decode(encode({"v": 1}, "json", camera="left"))["camera"] == "left"
     assert "camera" not in decode(encode({"v": 1}, "msgpack"))

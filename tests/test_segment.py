@@ -10,11 +10,11 @@ import pytest
 from toxrt.config import Config
 from toxrt.errors import ConfigError, SourceError
 from toxrt.features import estimate_animal_size
+from toxrt.roi import roi_mask_from_list
 from toxrt.segment import (
     SegmentationParams,
     Segmenter,
     compute_background,
-    roi_mask_from_list,
     segment_sample_frames,
 )
 

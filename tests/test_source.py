@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from toxrt.errors import SourceError
-from toxrt.source import VideoSource
+from toxrt.sources.files import VideoSource
 
 
 def write_video(path, n_frames=30, size=(96, 64), fps=20.0):
@@ -79,7 +79,7 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
     import dataclasses
     import threading
 
-    from toxrt.source import prefetched
+    from toxrt.sources.files import prefetched
     from toxrt.types import Frame
 
     worked = threading.Event()
@@ -98,12 +98,13 @@ def test_the_reader_works_ahead_only_while_the_consumer_is_behind():
     assert any(f.time_s == -1.0 for f in rest)
 
 
+@pytest.mark.slow
 def test_detection_in_the_reader_gives_the_same_session(tmp_path):
-    from toxrt import source as source_module
+    from toxrt.sources import files as source_module
     from toxrt.config import load_config
-    from toxrt.session import run_session
-    from toxrt.session_reader import load_session
-    from toxrt.synthetic import write_simulation
+    from toxrt.tracking import run_tracking
+    from toxrt.io.session_reader import load_session
+    from toxrt.sim.writer import write_simulation
 
     sim = load_config(None, {"sim": {"frames": 80, "seed": 4, "width": 240, "height": 180,
                                      "body_length_px": 20}}).sim
@@ -113,7 +114,7 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
         source_module.AHEAD_WHEN_QUEUED = when
         try:
             config = load_config(paths["params"], {"output_dir": str(tmp_path / name), "appearance.live_inline": True})
-            summary = run_session(config, progress=False)
+            summary = run_tracking(config, progress=False)
         finally:
             source_module.AHEAD_WHEN_QUEUED = 2
         recorded[name] = load_session(summary["session"])
@@ -121,3 +122,17 @@ def test_detection_in_the_reader_gives_the_same_session(tmp_path):
     assert recorded["never"].n_frames == 80
     np.testing.assert_array_equal(recorded["always"].blobs, recorded["never"].blobs)
     np.testing.assert_array_equal(recorded["always"].hu(), recorded["never"].hu())
+
+
+def test_recorded_sources_follow_the_protocol(tmp_path):
+    from toxrt.config import build_config
+    from toxrt.sources import open_source
+
+    video = VideoSource([str(write_video(tmp_path / "v.avi", n_frames=5))])
+    arena = open_source(build_config({"video_paths": ["sim:x"], "number_of_animals": 2,
+                                      "sim": {"frames": 5, "width": 64, "height": 64, "body_length_px": 8}}))
+    for source in (video, arena):
+        assert (source.live, source.dropped, source.drain_events(), source.stopped_early_at) == (False, 0, [], None)
+        source.work_ahead(None)
+        assert len(list(source)) == 5
+        source.close()

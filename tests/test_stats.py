@@ -8,25 +8,10 @@ import numpy as np
 import pytest
 
 from toxrt.config import StatsConfig, build_config
-from toxrt.output import write_trajectories
-from toxrt.results import load_results
-from toxrt.stats import compute, nearest_neighbour_px, per_animal, write_stats
+from toxrt.outputs.results import load_results
+from toxrt.outputs.stats import compute, nearest_neighbour_px, per_animal, write_stats
 
-FPS = 10.0
-
-
-def make_session(folder, trajectories, parameters="", length_unit=None, width=200, height=100):
-    """A session folder with only what the output tools read."""
-    n_frames, n = trajectories.shape[:2]
-    known = ~np.isnan(trajectories[..., 0])
-    status = np.where(known, 0, -1).astype(np.int8)
-    meta = {"frames_per_second": FPS, "body_length_px": 10.0, "width": width, "height": height,
-            "video_paths": [], "length_unit": length_unit}
-    write_trajectories(folder / "trajectories", trajectories, known[..., None].astype(float), status, meta, ["npy"])
-    (folder / "session.json").write_text(json.dumps({"summary": {}}))
-    (folder / "parameters.toml").write_text(parameters)
-    return folder
-
+from .helpers import FPS, make_session
 
 @pytest.fixture()
 def two_animals(tmp_path):

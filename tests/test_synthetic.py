@@ -10,7 +10,8 @@ import pytest
 
 from toxrt.config import SimConfig, load_config
 from toxrt.errors import ConfigError
-from toxrt.synthetic import SimulatedArena, write_simulation
+from toxrt.sim.arena import SimulatedArena
+from toxrt.sim.writer import write_simulation
 
 SMALL = SimConfig(width=160, height=120, frames=50, seed=3, body_length_px=22.0)
 CLEAN = dataclasses.replace(SMALL, blur_sigma=0.0, noise_sigma=0.0, uneven_light=0.0)

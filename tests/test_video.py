@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tools.headless_chromium import Chromium, find_chromium, probe_video
-from toxrt.config import load_session_config
-from toxrt.results import load_results
-from toxrt.video import VideoOptions, identity_colours, make_videos
+from toxrt.io.session_reader import load_session_config
+from toxrt.outputs.results import load_results
+from toxrt.outputs.video import VideoOptions, identity_colours, make_videos
 
 
 def read_all(path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,10 +23,12 @@ import zmq
 
 from toxrt.config import build_config
 from toxrt.errors import ToxrtError
-from toxrt.markers import MarkerSender
-from toxrt.session import run_session
-from toxrt.session_reader import load_session
-from toxrt.synthetic import SimulatedArena
+from toxrt.stream.markers import MarkerSender
+from toxrt.tracking import run_tracking
+from toxrt.io.session_reader import load_session
+from toxrt.sim.arena import SimulatedArena
+
+from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = ROOT / "tests" / "clients"
@@ -64,12 +65,6 @@ while sub.poll(3000 if started else 30000):
 
 def node_client_available() -> bool:
     return shutil.which("node") is not None and (CLIENTS / "node_modules" / "zeromq").is_dir()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Subscriber:
@@ -138,7 +133,7 @@ def json_session(tmp_path_factory):
     try:
         assert all(c.ready.wait(30) for c in clients.values())
         time.sleep(0.2)  # both are connecting; the session waits for the first subscription
-        summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+        summary = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
         received = {name: client.received() for name, client in clients.items()}
     finally:
         sender.close()
@@ -185,6 +180,7 @@ def check_stream(messages: list[dict], summary: dict) -> None:
     assert marker["label"] == "stimulus_on" and marker["payload"] == {"zone": 2} and marker["frame"] >= 20
 
 
+@pytest.mark.slow
 def test_strict_json_subscriber_receives_the_documented_stream(json_session):
     summary, received = json_session
     messages = received["python"]
@@ -198,6 +194,7 @@ def test_strict_json_subscriber_receives_the_documented_stream(json_session):
     assert in_file and in_file <= on_wire
 
 
+@pytest.mark.slow
 def test_node_subscriber_parses_every_message_with_json_parse(json_session):
     if not node_client_available():
         pytest.skip("Node.js or its zeromq package is missing: run tools/install_system_deps.sh")
@@ -208,6 +205,7 @@ def test_node_subscriber_parses_every_message_with_json_parse(json_session):
     assert node_frames == python_frames[len(python_frames) - len(node_frames):]
 
 
+@pytest.mark.slow
 def test_tracking_a_file_binds_no_port_unless_asked(tmp_path):
     # Hold the default addresses, as another program or a second toxrt run would.
     context = zmq.Context.instance()
@@ -226,16 +224,16 @@ def test_tracking_a_file_binds_no_port_unless_asked(tmp_path):
                   "trajectories_formats": ["npy"], "sim": {"frames": 30, "seed": 1, "width": 200, "height": 160}}
         arena = SimulatedArena(build_config(values).sim, 4)
         config = build_config({**values, **arena.tracking_parameters()})
-        summary = run_session(config, progress=False, overwrite=True)
+        summary = run_tracking(config, progress=False, overwrite=True)
         assert summary["frames"] == 30 and "publish_address" not in summary
         assert "publish_address" not in json.loads((Path(summary["session"]) / "session.json").read_text())
         asked = build_config({**values, **arena.tracking_parameters(), "streaming": {"publish": "on"}})
         with pytest.raises(ToxrtError, match="port already in use"):
-            run_session(asked, progress=False, overwrite=True)
+            run_tracking(asked, progress=False, overwrite=True)
         picked = build_config({**values, **arena.tracking_parameters(),
                                "streaming": {"publish": "on", "publish_address": "tcp://127.0.0.1:*",
                                              "marker_address": ""}})
-        summary = run_session(picked, progress=False, overwrite=True)
+        summary = run_tracking(picked, progress=False, overwrite=True)
         meta = json.loads((Path(summary["session"]) / "session.json").read_text())
         assert meta["publish_address"].startswith("tcp://127.0.0.1:") and summary["published"] >= 30
     finally:

@@ -2,7 +2,7 @@
 
 For each dataset, ``tools/datasets/<dataset>.toml`` holds the tracking parameters (chosen by looking
 at the video; each value is explained there). The live engine tracks the video
-(``pipeline.run_session``), then ``metrics.evaluate`` compares its trajectories with the reference
+(``tracking.run_tracking``), then ``metrics.evaluate`` compares its trajectories with the reference
 CSV(s) of ``../shared/data/<dataset>/`` and one table is printed.
 
     .venv/bin/python tools/bench_accuracy.py                       # every dataset, whole videos
@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +35,11 @@ sys.path.insert(0, str(REPO))
 
 from toxrt.config import load_config  # noqa: E402
 from toxrt.errors import ToxrtError  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-try:  # the run loop moved from pipeline.py to session.py; accept either layout
-    from toxrt.session import run_session  # noqa: E402
-except ImportError:  # pragma: no cover
-    from toxrt.pipeline import run_session  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.atomic import write_text_atomic  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
 PARAMS = Path(__file__).resolve().parent / "datasets"
@@ -143,7 +142,7 @@ def run_dataset(dataset: Dataset, out: Path, frames: int | None, refine_method: 
     """
     import time
 
-    from toxrt.session_reader import load_session
+    from toxrt.io.session_reader import load_session
 
     # No ZeroMQ sockets: a benchmark publishes nothing and must not collide with a live session.
     overrides: dict = {"output_dir": str(out), "streaming.publish_address": "", "streaming.marker_address": "",
@@ -152,17 +151,18 @@ def run_dataset(dataset: Dataset, out: Path, frames: int | None, refine_method: 
         overrides["tracking_intervals"] = [[0, frames]]
     config = load_config(PARAMS / f"{dataset.name}.toml", overrides)
     t0 = time.monotonic()
-    summary = run_session(config, progress=False, overwrite=True)
+    summary = run_tracking(config, progress=False, overwrite=True)
     track_seconds = time.monotonic() - t0
-    trajectories, data, _ = load_predicted(summary["session"])
+    trajectories, data, _ = load_trajectories(summary["session"])
     online = online_trajectories(load_session(summary["session"]))
     refined = refined_summary = None
     if refine_method:
-        from toxrt.offline.refine import RefineOptions, refine_session
+        from toxrt.config import RefineConfig
+        from toxrt.offline.refine import refine_session
 
-        refined_summary = refine_session(Path(summary["session"]), RefineOptions(method=refine_method),
+        refined_summary = refine_session(Path(summary["session"]), RefineConfig(method=refine_method),
                                          progress=False)
-        refined, _, _ = load_predicted(summary["session"])
+        refined, _, _ = load_trajectories(summary["session"])
     engine_body_length = float(data.get("body_length") or math.nan)
     body_length = dataset.body_length or engine_body_length
     rows = []
@@ -291,9 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in dict.fromkeys(r["dataset"] for r in rows):
         print(f"body length {name}: {DATASETS[name].body_length_why}")
     report_path = args.out / "bench_accuracy.json"
-    with tempfile.NamedTemporaryFile("w", dir=args.out, suffix=".tmp", delete=False) as handle:
-        json.dump({"argv": sys.argv, "frames": args.frames, "rows": rows}, handle, indent=2, default=str)
-    Path(handle.name).replace(report_path)
+    write_text_atomic(report_path, json.dumps({"argv": sys.argv, "frames": args.frames, "rows": rows}, indent=2,
+                                              default=str))
     print(f"details: {report_path}")
     return 0 if len({r['dataset'] for r in rows}) == len(args.datasets) else 1
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from toxrt.batch import DONE, plan_jobs, run_job
 from toxrt.batch_cluster import machine_cores, run_on_dask, start_cluster
 from toxrt.config import build_config
-from toxrt.synthetic import write_simulation
+from toxrt.sim.writer import write_simulation
 
 
 def make_videos(folder: Path, n: int, frames: int, width: int, height: int, animals: int) -> list[str]:

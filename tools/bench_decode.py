@@ -21,7 +21,7 @@ itself (``grab``), then BGR (``retrieve`` + ``cvtColor``) against the luma plane
 ``CAP_PROP_CONVERT_RGB = 0`` + the calibrated table), with 1 and 2 FFmpeg threads.
 
 ``--sweep`` repeats the session for every combination of FFmpeg decoding threads (1, 2) and
-OpenCV threads (1, 2): the figures that chose ``toxrt.decode.DECODE_THREADS``.
+OpenCV threads (1, 2): the figures that chose ``toxrt.sources.decode.DECODE_THREADS``.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
     """One measurement in this process (run through ``--child``)."""
     import cv2
 
-    from toxrt import decode, source
+    from toxrt.sources import decode, files as source
 
     if not ahead:
         source.AHEAD_WHEN_QUEUED = 1 << 30  # the reader thread only decodes
@@ -63,7 +63,7 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
     if mode in ("decode", "track"):
         os.sched_setaffinity(0, {0})
     from toxrt.pipeline import LiveTracker, prepare
-    from toxrt.source import VideoSource
+    from toxrt.sources.files import VideoSource
 
     with tempfile.TemporaryDirectory(prefix="toxrt_decode_") as out_dir:
         config = load(params, frames, out_dir)
@@ -75,9 +75,9 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
             return {"frames": count, "cpu_s_per_frame": cpu / count, "fps": count / wall}
         if mode == "track":
             return track_alone(config, prepare, LiveTracker, VideoSource)
-        from toxrt.session import run_session
+        from toxrt.tracking import run_tracking
 
-        summary = run_session(config, progress=False, overwrite=True)
+        summary = run_tracking(config, progress=False, overwrite=True)
         return {"frames": summary["frames"], "fps": summary["fps"], "step_ms_p50": summary["step_ms_p50"],
                 "step_ms_p99": summary["step_ms_p99"], "detected_by_reader": summary["frames_detected_by_reader"]}
 
@@ -85,27 +85,22 @@ def child(mode: str, params: str, frames: int, ffmpeg_threads: int, cv_threads: 
 def track_alone(config, prepare, LiveTracker, VideoSource) -> dict:
     """The session's frame loop over frames already in memory: tracking and recording, no decoding."""
     from toxrt.config import config_to_dict, to_toml
-    from toxrt.recording import SessionWriter
-    from toxrt.session import _run_loop, session_folder
-    from toxrt.streaming import LiveLink
+    from toxrt.io.layout import session_folder
+    from toxrt.io.recording import SessionWriter
+    from toxrt.sources.realtime import IterableSource
+    from toxrt.stream.live_stream import LiveStream
+    from toxrt.tracking import run_loop
 
     source = VideoSource(config.video_paths, config.frames_per_second, config.tracking_intervals)
     setup = prepare(config, source)
-    frames = list(source)
-
-    class InMemory:
-        n_frames, description, stopped_early_at = len(frames), "frames in memory", None
-
-        def __iter__(self):
-            return iter(frames)
-
+    frames = IterableSource(list(source), source.fps)
     writer = SessionWriter(session_folder(config), config.recording, {"name": "bench"},
                            to_toml(config_to_dict(config)), setup.background, setup.crop_size,
                            config.segmentation.histogram_bins, overwrite=True)
-    link = LiveLink(config.streaming, live=False)
+    stream = LiveStream(config.streaming, live=False)
     cpu = time.process_time()
     try:
-        loop = _run_loop(InMemory(), LiveTracker(config, setup), writer, link, False, None, None)
+        loop = run_loop(frames, LiveTracker(config, setup), writer, stream, False, None, None)
     finally:
         writer.close()  # the writer thread's work on these frames is tracking's too
         cpu = time.process_time() - cpu
@@ -119,7 +114,7 @@ def where_decoding_goes(path: str, frames: int = 300) -> dict:
     FFmpeg decodes ahead in them, so only the total is meaningful there."""
     import cv2
 
-    from toxrt.decode import luma_table, open_video
+    from toxrt.sources.decode import luma_table, open_video
 
     os.sched_setaffinity(0, {0})
     table = luma_table(path)
@@ -187,7 +182,7 @@ def main() -> None:
     parser.add_argument("--simulate", default=None, help="also a simulated H.264 video of this size, e.g. 1280x720")
     parser.add_argument("--animals", type=int, default=20)
     parser.add_argument("--frames", type=int, default=1500, help="frames of each video (from the start)")
-    parser.add_argument("--ffmpeg-threads", type=int, default=None, help="default: toxrt.decode.DECODE_THREADS")
+    parser.add_argument("--ffmpeg-threads", type=int, default=None, help="default: toxrt.sources.decode.DECODE_THREADS")
     parser.add_argument("--cv-threads", type=int, default=0, help="cv2.setNumThreads (0: OpenCV's default)")
     parser.add_argument("--sweep", action="store_true",
                         help="sessions with 1 and 2 FFmpeg and OpenCV threads, and one without detection in the reader")
@@ -196,7 +191,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from toxrt.decode import DECODE_THREADS
+    from toxrt.sources.decode import DECODE_THREADS
 
     ffmpeg_threads = args.ffmpeg_threads or DECODE_THREADS
     if args.child == "where":

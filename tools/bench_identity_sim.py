@@ -10,7 +10,7 @@ the identities published frame by frame (online), of the trajectories ``toxrt tr
     .venv/bin/python tools/bench_identity_sim.py --cases 8:0.1:0 8:0.3:0 --frames 1500
 
 A case is ``animals:appearance_spread:seed``; ``appearance_spread`` 0 makes identical animals,
-1 clearly different ones (toxrt.synthetic.draw_appearance).
+1 clearly different ones (toxrt.sim.raster.draw_appearance).
 """
 from __future__ import annotations
 
@@ -31,11 +31,14 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from bench_accuracy import online_trajectories  # noqa: E402
 from toxrt.config import build_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-from toxrt.offline.refine import RefineOptions, refine_session  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
+from toxrt.config import RefineConfig  # noqa: E402
+from toxrt.offline.refine import refine_session  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 DEFAULT_CASES = ["8:0.1:0", "8:0.3:0", "8:0.1:1", "8:0.3:2", "4:0.1:3", "14:0.3:4", "8:0.0:5"]
 
@@ -49,14 +52,14 @@ def run_case(animals: int, spread: float, seed: int, frames: int, body_length: f
     arena = SimulatedArena(build_config(values).sim, animals)
     config = build_config({**arena.tracking_parameters(), **values})
     t0 = time.monotonic()
-    summary = run_session(config, progress=False, overwrite=True)
+    summary = run_tracking(config, progress=False, overwrite=True)
     track_s = time.monotonic() - t0
     truth = GroundTruth(np.arange(arena.n_frames), list(range(1, animals + 1)), arena.positions, arena.crossing)
     folder = Path(summary["session"])
-    track = evaluate(load_predicted(folder)[0], truth, arena.body_length_px).accuracy_solo
+    track = evaluate(load_trajectories(folder)[0], truth, arena.body_length_px).accuracy_solo
     online = evaluate(online_trajectories(load_session(folder)), truth, arena.body_length_px).accuracy_solo
-    refined = refine_session(folder, RefineOptions(), progress=False)
-    refined_accuracy = evaluate(load_predicted(folder)[0], truth, arena.body_length_px).accuracy_solo
+    refined = refine_session(folder, RefineConfig(), progress=False)
+    refined_accuracy = evaluate(load_trajectories(folder)[0], truth, arena.body_length_px).accuracy_solo
     return {"animals": animals, "spread": spread, "seed": seed, "frames": frames, "online": online, "track": track,
             "estimated": summary.get("estimated_accuracy"), "refined": refined_accuracy,
             "refined_estimated": refined.estimated_accuracy, "track_s": track_s,

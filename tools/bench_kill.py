@@ -37,9 +37,9 @@ FPS = 50.0
 
 CHILD = r"""
 import sys, time
-from toxrt import recording
+from toxrt.io import recording
 from toxrt.config import load_config
-from toxrt.session import run_session
+from toxrt.tracking import run_tracking
 
 slow = float(sys.argv[2])
 if slow > 0:
@@ -48,7 +48,7 @@ if slow > 0:
         time.sleep(slow)
         real_write_chunk(self, frames)
     recording.SessionWriter._write_chunk = slow_write_chunk
-run_session(load_config(sys.argv[1]), progress=False, overwrite=True,
+run_tracking(load_config(sys.argv[1]), progress=False, overwrite=True,
             on_frame=lambda result: print(result.frame_index, flush=True))
 """
 
@@ -78,7 +78,7 @@ context.term()  # waits (up to the linger) until everything queued has left; exi
 
 def write_params(folder: Path, frames: int, flush_interval_s: float, marker_address: str = "") -> Path:
     from toxrt.config import build_config, config_to_dict, to_toml
-    from toxrt.synthetic import SimulatedArena
+    from toxrt.sim.arena import SimulatedArena
 
     values = {"name": "bench", "video_paths": ["sim:bench"], "number_of_animals": 4, "output_dir": str(folder),
               "trajectories_formats": ["npy"],
@@ -92,7 +92,7 @@ def write_params(folder: Path, frames: int, flush_interval_s: float, marker_addr
 
 
 def kill_trial(folder: Path, slow_s: float, flush_interval_s: float, rng: np.random.Generator) -> dict:
-    from toxrt.session_reader import load_session
+    from toxrt.io.session_reader import load_session
 
     params = write_params(folder, frames=30000, flush_interval_s=flush_interval_s)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -115,7 +115,7 @@ def kill_trial(folder: Path, slow_s: float, flush_interval_s: float, rng: np.ran
 
 
 def marker_burst(folder: Path, count: int) -> dict:
-    from toxrt.session_reader import load_session
+    from toxrt.io.session_reader import load_session
 
     port = _free_port()
     params = write_params(folder, frames=30000, flush_interval_s=0.5, marker_address=f"tcp://127.0.0.1:{port}")
@@ -129,15 +129,16 @@ def marker_burst(folder: Path, count: int) -> dict:
     markers = [e for e in session.events if e.get("type") == "marker"]
     return {"exit": track.returncode, "recorded": len(markers), "received": summary.get("markers_received"),
             "rejected": summary.get("markers_rejected"), "too_large": summary.get("markers_too_large"),
-            "log_lines": sum(1 for line in track.stderr.splitlines() if "toxrt.markers" in line),
+            "log_lines": sum(1 for line in track.stderr.splitlines() if "toxrt.stream.markers" in line),
             "stopped_by_marker": bool(summary.get("interrupted")), "complete": session.meta.get("complete")}
 
 
 def stalled_subscriber(total: int) -> dict:
     import zmq
 
-    from toxrt.client import SeqCounter
-    from toxrt.publish import Publisher, decode
+    from toxrt.stream.client import SeqCounter
+    from toxrt.stream.publish import Publisher
+    from toxrt.stream.wire import decode
 
     arrays = {"ids": np.arange(1, 21), "x": np.ones(20), "y": np.ones(20), "heading": np.zeros(20),
               "area": np.ones(20), "status": np.zeros(20, np.uint8), "p": np.ones(20), "fragment": np.arange(20)}

@@ -3,7 +3,7 @@
 A simulated arena is pre-rendered into memory, then replayed in real time by ``RealtimeSource``
 (as a camera would deliver it: each frame stamped with ``t_capture`` when it is released, the
 newest frame winning when the engine is behind) through the session's own loop
-(``session._run_loop``: ``LiveTracker.step``, publishing on ZeroMQ, recording the session).
+(``tracking.run_loop``: ``LiveTracker.step``, publishing on ZeroMQ, recording the session).
 A subscriber in a separate process stamps each ``pos`` message on arrival; the latency is its
 receive time minus the message's ``t_capture``. Rendering and the end-of-session fusion are not
 in the measured path.
@@ -11,7 +11,7 @@ in the measured path.
     .venv/bin/python tools/bench_latency.py                       # 720p at 60/120/240 fps, 1080p at 60/120
     .venv/bin/python tools/bench_latency.py --size 720p --fps 120 --seconds 5
 
-With ``--video``, decoding is in the path: an encoded file is tracked by ``run_session`` itself with
+With ``--video``, decoding is in the path: an encoded file is tracked by ``run_tracking`` itself with
 ``streaming.realtime = true`` (its reader thread decodes ahead, ``RealtimeSource`` releases each
 frame at its time and stamps ``t_capture`` then, prepare and warm-up finish before the replay clock
 starts), publishing to the subscriber process. ``--video sim`` makes simulated H.264 videos with 20
@@ -41,14 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toxrt.config import Config, build_config, config_to_dict, to_toml  # noqa: E402
-from toxrt.live_source import RealtimeSource  # noqa: E402
+from toxrt.sources.realtime import IterableSource, RealtimeSource  # noqa: E402
 from toxrt.pipeline import LiveTracker, prepare  # noqa: E402
-from toxrt.publish import TOPIC_POS  # noqa: E402
-from toxrt.recording import SessionWriter  # noqa: E402
-from toxrt.session_reader import load_session  # noqa: E402
-from toxrt.session import _run_loop  # noqa: E402
-from toxrt.source import SimulatedSource  # noqa: E402
-from toxrt.streaming import LiveLink  # noqa: E402
+from toxrt.stream.wire import TOPIC_POS  # noqa: E402
+from toxrt.io.recording import SessionWriter  # noqa: E402
+from toxrt.io.session_reader import load_session  # noqa: E402
+from toxrt.tracking import run_loop  # noqa: E402
+from toxrt.sources.simulated import SimulatedSource  # noqa: E402
+from toxrt.stream.live_stream import LiveStream  # noqa: E402
 from toxrt.types import Frame  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -135,20 +135,20 @@ def run_live(config: Config, frames: list[Frame], fps: float, peer_args: Sequenc
                 "height": config.sim.height, "frames_per_second": fps, "number_of_animals": setup.number_of_animals,
                 "body_length_px": setup.body_length_px, "single_animal_area": setup.single_animal_area,
                 "max_distance_px": setup.max_distance_px}
-        link = LiveLink(config.streaming)
+        stream = LiveStream(config.streaming)
         writer = SessionWriter(folder, config.recording, meta, to_toml(config_to_dict(config)), setup.background,
                                setup.crop_size, config.segmentation.histogram_bins, overwrite=True)
         peer = start_peer(peer_args, wait_ready)
         source = None
         try:
-            if not link.publisher.wait_for_subscriber(TOPIC_POS, timeout_s=30):
+            if not stream.publisher.wait_for_subscriber(TOPIC_POS, timeout_s=30):
                 raise RuntimeError("the peer never subscribed")
-            source = RealtimeSource(frames, fps, autostart=False)
-            loop = _run_loop(source, LiveTracker(config, setup), writer, link, False, None, None)
+            source = RealtimeSource(IterableSource(frames, fps), fps, autostart=False)
+            loop = run_loop(source, LiveTracker(config, setup), writer, stream, False, None, None)
         finally:
             if source is not None:
                 source.close()
-            link.close()
+            stream.close()
             writer.close()
         try:
             peer.wait(timeout=60)
@@ -201,10 +201,10 @@ def video_params(video: str) -> Path:
 
 
 def measure_video(params: Path, fps: float, frames: int) -> dict:
-    """``frames`` frames of the video replayed at ``fps`` through ``run_session``, a subscriber
+    """``frames`` frames of the video replayed at ``fps`` through ``run_tracking``, a subscriber
     process receiving; latency percentiles in ms and where frames were lost."""
     from toxrt.config import load_config
-    from toxrt.session import run_session
+    from toxrt.tracking import run_tracking
 
     with tempfile.TemporaryDirectory(prefix="toxrt-bench-") as scratch:
         out = Path(scratch) / "received.npy"
@@ -216,7 +216,7 @@ def measure_video(params: Path, fps: float, frames: int) -> dict:
                           "wait_for_subscriber_s": 30.0}})
         peer = start_peer(["-c", SUBSCRIBER, address, str(out)])
         try:
-            summary = run_session(config, progress=False, overwrite=True)
+            summary = run_tracking(config, progress=False, overwrite=True)
             peer.wait(timeout=120)
         finally:
             if peer.poll() is None:

@@ -2,8 +2,9 @@
 
 Frames of a simulated arena are rendered into memory first; then ``LiveTracker.step`` is timed on
 each, pinned to one core with OpenCV single-threaded. Prints p50 / p95 / p99 / max in ms per size,
-with the live appearance learner on (its background thread on the other core, as in a session)
-and off (ToxId alone), one after the other in the same process.
+with the live appearance learner on (its process on the other core, as in a session) and off (ToxId
+alone), one after the other in the same process, and the same steps stage by stage
+(``LiveTracker.stage_seconds``: segmentation, linking, identities and the rest of the step).
 
     .venv/bin/python tools/bench_live.py --animals 20 --frames 600
 """
@@ -19,7 +20,7 @@ import numpy as np
 
 from toxrt.config import build_config
 from toxrt.pipeline import LiveTracker, prepare
-from toxrt.source import SimulatedSource
+from toxrt.sources.simulated import SimulatedSource
 from toxrt.types import Frame
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
@@ -48,9 +49,9 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
     if pinned is not None:
         os.sched_setaffinity(0, pinned)
     if tracker.learner is not None:
-        tracker.learner.wait_until_ready()  # as run_session does before its frame loop
+        tracker.learner.wait_until_ready()  # as run_tracking does before its frame loop
     times = np.empty(len(images))
-    stages = np.empty((len(images), 3))  # segmentation, linking, identities (stage by stage)
+    stages = np.empty((len(images), 3))  # segmentation, linking, identities and the rest (stage by stage)
     found = 0
     for index, image in enumerate(images):
         frame = Frame(index, index / source.fps, image)
@@ -58,23 +59,14 @@ def bench(size_name: str, animals: int, frames: int, body_length: float, warmup:
         result = tracker.step(frame)
         times[index] = time.perf_counter() - t0
         found += len(result.blobs)
-    stage_tracker = LiveTracker(config, setup, learn=False)
-    for index, image in enumerate(images):
-        t0 = time.perf_counter()
-        blobs = stage_tracker.segmenter.detect(image)
-        t1 = time.perf_counter()
-        link = stage_tracker.linker.update(blobs)
-        t2 = time.perf_counter()
-        stage_tracker.identities.update(index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended)
-        stages[index] = (t1 - t0, t2 - t1, time.perf_counter() - t2)
+        stages[index] = tracker.stage_seconds  # measured inside step, around its own stages
     trainings = tracker.learner.stats.trainings if tracker.learner is not None else 0
     tracker.close()
-    stage_tracker.close()
     ms = times[warmup:] * 1e3
     stage_ms = stages[warmup:] * 1e3
     return {
         "stages": {name: (np.percentile(stage_ms[:, i], 50), np.percentile(stage_ms[:, i], 99))
-                   for i, name in enumerate(("segmentation", "linking", "identities"))},
+                   for i, name in enumerate(("segmentation", "linking", "identities and the rest"))},
         "size": size_name,
         "animals": animals,
         "learner": learner,

@@ -14,8 +14,8 @@ import tempfile
 import time
 
 from toxrt.config import build_config
-from toxrt.session import run_session
-from toxrt.synthetic import SimulatedArena
+from toxrt.tracking import run_tracking
+from toxrt.sim.arena import SimulatedArena
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -65,7 +65,7 @@ def main() -> None:
             print(f"frame {count:>7}: RSS {marks[count]:8.1f} MB (tracker {own:.1f}, learner {learner:.1f}) "
                   f"({time.perf_counter() - started:6.0f} s)", flush=True)
 
-    summary = run_session(config, progress=False, overwrite=True, on_frame=on_frame)
+    summary = run_tracking(config, progress=False, overwrite=True, on_frame=on_frame)
     first, last = marks[checkpoints[0]], marks[checkpoints[-1]]
     print(f"{args.animals} animals, {summary['frames']} frames, session {summary['session']}")
     print(f"RSS growth from frame {checkpoints[0]} to {checkpoints[-1]}: {last - first:+.1f} MB "

@@ -17,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toxrt.config import build_config, load_config  # noqa: E402
-from toxrt.export import export_session  # noqa: E402
-from toxrt.report import write_report  # noqa: E402
-from toxrt.results import open_session  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.stats import write_stats  # noqa: E402
-from toxrt.synthetic import write_simulation  # noqa: E402
-from toxrt.video import VideoOptions, make_videos  # noqa: E402
+from toxrt.outputs.export import export_session  # noqa: E402
+from toxrt.outputs.report import write_report  # noqa: E402
+from toxrt.outputs.results import open_session  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
+from toxrt.outputs.stats import write_stats  # noqa: E402
+from toxrt.sim.writer import write_simulation  # noqa: E402
+from toxrt.outputs.video import VideoOptions, make_videos  # noqa: E402
 
 
 def tracked_session(folder: Path, animals: int, frames: int) -> Path:
@@ -31,7 +31,7 @@ def tracked_session(folder: Path, animals: int, frames: int) -> Path:
     paths = write_simulation(folder / "arena", sim, animals, progress=False)
     config = load_config(paths["params"], {"px_per_cm": 10.0, "streaming.publish_address": "",
                                            "streaming.marker_address": ""})
-    return Path(run_session(config, progress=False)["session"])
+    return Path(run_tracking(config, progress=False)["session"])
 
 
 def main() -> int:

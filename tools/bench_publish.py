@@ -17,11 +17,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toxrt.publish import Publisher, encode_positions  # noqa: E402
+from toxrt.stream.publish import Publisher  # noqa: E402
+from toxrt.stream.wire import encode_positions  # noqa: E402
 
 SUBSCRIBER = r"""
 import json, sys, time, zmq
-from toxrt.publish import decode
+from toxrt.stream.wire import decode
 address, count = sys.argv[1], int(sys.argv[2])
 socket = zmq.Context().socket(zmq.SUB)
 socket.setsockopt(zmq.SUBSCRIBE, b"pos")

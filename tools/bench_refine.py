@@ -1,6 +1,6 @@
 """Offline refinement benchmark: time, peak memory and identity accuracy before and after.
 
-For each case the live engine tracks the video (``toxrt.session.run_session``, no ZeroMQ), the live
+For each case the live engine tracks the video (``toxrt.tracking.run_tracking``, no ZeroMQ), the live
 trajectories are evaluated, then ``toxrt.offline.refine.refine_session`` runs in a child process
 (so that its peak resident memory, ``VmHWM`` of ``/proc/self/status``, is the refinement's alone:
 torch, the network, the embeddings, K-means) and the refined trajectories are evaluated against the
@@ -19,7 +19,7 @@ Cases (``--cases``):
     .venv/bin/python tools/bench_refine.py --cases sim8_500 --repeats 3  # timing repeated
     .venv/bin/python tools/bench_refine.py --cases sim8_500 --option network=resnet18
 
-Refinement options (``--option key=value``, repeated) are ``RefineOptions`` fields; by default the
+Refinement options (``--option key=value``, repeated) are keys of the ``[refine]`` table (``toxrt.config.RefineConfig``); by default the
 CPU defaults. Each run starts from scratch (``resume=false``). The machine may be shared: run with
 ``--repeats`` and read the minimum and the spread. Results also go to ``<out>/bench_refine.json``.
 """
@@ -44,9 +44,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toxrt.config import build_config, load_config  # noqa: E402
-from toxrt.metrics import GroundTruth, evaluate, load_predicted  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.evaluation.groundtruth import GroundTruth  # noqa: E402
+from toxrt.evaluation.metrics import evaluate  # noqa: E402
+from toxrt.io.trajectory_files import load_trajectories  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ beside the project
 PARAMS = REPO / "tools" / "datasets"
@@ -86,16 +88,16 @@ def track(case: Case, out: Path) -> tuple[Path, GroundTruth, float]:
         truth = GroundTruth.from_csv(DATA / case.name / "groundtruth.csv")
         body_length = math.nan
     t0 = time.monotonic()
-    summary = run_session(config, progress=False, overwrite=True)
+    summary = run_tracking(config, progress=False, overwrite=True)
     logging.info("%s tracked in %.1f s", case.name, time.monotonic() - t0)
     folder = Path(summary["session"])
     if not case.frames:  # the engine's estimate, as tools/bench_accuracy.py uses for these two
-        body_length = float(load_predicted(folder)[1].get("body_length") or math.nan)
+        body_length = float(load_trajectories(folder)[1].get("body_length") or math.nan)
     return folder, truth, body_length
 
 
 def accuracy(npy: Path, truth: GroundTruth, body_length: float) -> tuple[float, float]:
-    trajectories = load_predicted(npy)[0]
+    trajectories = load_trajectories(npy)[0]
     report = evaluate(trajectories, truth, body_length)
     return report.accuracy_solo, report.accuracy_all
 
@@ -115,10 +117,11 @@ def refine_in_child(folder: Path, options: dict[str, Any]) -> dict[str, Any]:
 
 def child(folder: str, options_json: str) -> None:
     """The child process: refine, then print the summary and this process's peak RSS as one JSON line."""
-    from toxrt.offline.refine import RefineOptions, refine_session
+    from toxrt.config import RefineConfig
+    from toxrt.offline.refine import refine_session
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     t0 = time.monotonic()
-    summary = refine_session(Path(folder), RefineOptions(**json.loads(options_json)), progress=False)
+    summary = refine_session(Path(folder), RefineConfig(**json.loads(options_json)), progress=False)
     seconds = time.monotonic() - t0
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES), metavar="CASE")
     parser.add_argument("--option", action="append", type=parse_option, default=[],
-                        help="RefineOptions field as key=value (repeatable)")
+                        help="[refine] key as key=value (repeatable)")
     parser.add_argument("--repeats", type=int, default=1, help="refinements per case (timing spread)")
     parser.add_argument("--out", type=Path, default=REPO / "bench_out" / "refine")
     parser.add_argument("--verbose", action="store_true")

@@ -25,8 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from toxrt.config import build_config  # noqa: E402
 from toxrt.offline.refine import OFFLINE_DIR  # noqa: E402
-from toxrt.session import run_session  # noqa: E402
-from toxrt.synthetic import SimulatedArena  # noqa: E402
+from toxrt.tracking import run_tracking  # noqa: E402
+from toxrt.sim.arena import SimulatedArena  # noqa: E402
 
 TOXRT = [sys.executable, "-m", "toxrt"]
 
@@ -36,7 +36,7 @@ def track(animals: int, frames: int, out: Path) -> Path:
               "output_dir": str(out), "sim": {"frames": frames, "seed": 7, "appearance_spread": 0.3},
               "streaming": {"publish_address": "", "marker_address": ""}}
     arena = SimulatedArena(build_config(values).sim, animals)
-    summary = run_session(build_config({**arena.tracking_parameters(), **values}), progress=False, overwrite=True)
+    summary = run_tracking(build_config({**arena.tracking_parameters(), **values}), progress=False, overwrite=True)
     return Path(summary["session"])
 
 

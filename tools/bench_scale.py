@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from toxrt.config import build_config  # noqa: E402
 from toxrt.pipeline import LiveTracker, prepare, warm_up  # noqa: E402
-from toxrt.publish import encode_positions  # noqa: E402
-from toxrt.source import SimulatedSource  # noqa: E402
-from toxrt.streaming import animal_arrays  # noqa: E402
+from toxrt.stream.wire import encode_positions  # noqa: E402
+from toxrt.sources.simulated import SimulatedSource  # noqa: E402
+from toxrt.stream.live_stream import animal_arrays  # noqa: E402
 from toxrt.types import Frame  # noqa: E402
 
 STAGES = ("detect", "link", "identity", "tracking", "message", "total")

@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from toxrt.client import PositionClient
-from toxrt.markers import MarkerSender
+from toxrt.stream.client import PositionClient
+from toxrt.stream.markers import MarkerSender
 
 log = logging.getLogger("closed_loop")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tools.headless_chromium import Chromium  # noqa: E402
-from toxrt.report import REPORT_NAME, write_report  # noqa: E402
-from toxrt.results import open_session  # noqa: E402
+from toxrt.outputs.report import REPORT_NAME, write_report  # noqa: E402
+from toxrt.outputs.results import open_session  # noqa: E402
 
 
 def main() -> int:

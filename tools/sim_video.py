@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/sim_video.py OUT_DIR --size 1280x720 --animals 20 --frames 3000 --fps 120
 
-Renders the arena with ``toxrt.synthetic.write_simulation`` (lossless video, ground truth, parameter
+Renders the arena with ``toxrt.sim.writer.write_simulation`` (lossless video, ground truth, parameter
 file), then encodes it as lab videos usually are: H.264 (libx264, yuv420p, through the ffmpeg program
 that tools/install_system_deps.sh installs) or MPEG-4 part 2 (``mp4v``, through OpenCV). The
 parameter file is rewritten to track ``video.mp4``. Returns or prints the parameter file.
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from toxrt.config import build_config  # noqa: E402
-from toxrt.synthetic import write_simulation  # noqa: E402
+from toxrt.sim.writer import write_simulation  # noqa: E402
 
 CODECS = ("h264", "mp4v")
 

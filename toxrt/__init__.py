@@ -3,7 +3,7 @@
 Quick start::
 
     from toxrt.config import load_config
-    from toxrt.session import run_session
-    summary = run_session(load_config("params.toml"))
+    from toxrt.tracking import run_tracking
+    summary = run_tracking(load_config("params.toml"))
 """
 __version__ = "0.1.0"

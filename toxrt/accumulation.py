@@ -35,7 +35,7 @@ model of ``appearance.py`` instead of a network:
    says so (docs/identity.md has the measured calibration).
 
 Everything is deterministic: no random draw is made. The input is plain arrays
-(:class:`FragmentGraph`, features grouped by fragment), so the live learner and ``toxrt refine``
+(``fragments.FragmentGraph``, features grouped by fragment), so the live learner and ``toxrt refine``
 share this module.
 """
 from __future__ import annotations
@@ -49,6 +49,7 @@ from scipy.optimize import linear_sum_assignment, minimize_scalar
 
 from .appearance import MIN_PROBABILITY, AppearanceModel, FeatureShape, ModelSnapshot
 from .config import AppearanceConfig
+from .fragments import FragmentGraph, largest_alive_group
 
 log = logging.getLogger(__name__)
 
@@ -61,35 +62,6 @@ LOW_ESTIMATED_ACCURACY = 0.99
 WEAK_APPEARANCE = 0.5  # appearance alone would name fewer than half of the images
 # Share of accepted labels the temperature fit allows to be wrong (see fit_temperature).
 LABEL_NOISE = 0.01
-
-
-@dataclass(frozen=True)
-class FragmentGraph:
-    """Individual fragments and their coexistence, as plain arrays (F fragments).
-
-    n_images int64 (F,); start, end int64 (F,) first and last frame; ptr int64 (F+1,), adj int64:
-    fragment f coexists with ``adj[ptr[f]:ptr[f+1]]``; global_sets int64 (G, N): sets of N fragments
-    alive together in a frame with no crossing, best (longest shortest fragment) first.
-    """
-
-    n_images: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
-    ptr: np.ndarray
-    adj: np.ndarray
-    global_sets: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.n_images.shape[0])
-
-    def neighbours(self, f: int) -> np.ndarray:
-        return self.adj[self.ptr[f]:self.ptr[f + 1]]
-
-    def connectivity(self, number_of_animals: int) -> float:
-        """Mean number of coexisting fragments per fragment / (N - 1) (idtracker.ai v6)."""
-        if len(self) == 0 or number_of_animals < 2:
-            return 0.0
-        return float(self.adj.shape[0] / len(self) / (number_of_animals - 1))
 
 
 @dataclass
@@ -402,18 +374,6 @@ def relabel_to(identity: np.ndarray, reference: np.ndarray, weight: np.ndarray, 
     return mapping[identity]
 
 
-def largest_coexisting_group(graph: FragmentGraph) -> np.ndarray:
-    """Fragments alive together at the frame where most are (ties: the longest shortest fragment)."""
-    frames = np.unique(np.concatenate([graph.start, graph.end]))
-    best_key, best = (0, 0), np.zeros(0, np.int64)
-    for t in frames.tolist():
-        alive = np.flatnonzero((graph.start <= t) & (graph.end >= t))
-        key = (alive.size, int(graph.n_images[alive].min()) if alive.size else 0)
-        if key > best_key:
-            best_key, best = key, alive
-    return best
-
-
 def accumulate(graph: FragmentGraph, features: np.ndarray, image_fragment: np.ndarray, shape: FeatureShape,
                number_of_animals: int, settings: AppearanceConfig,
                reference_identity: np.ndarray | None = None) -> AccumulationResult:
@@ -431,7 +391,7 @@ def accumulate(graph: FragmentGraph, features: np.ndarray, image_fragment: np.nd
     if len(graph.global_sets):
         seeds = _diverse_seeds(graph.global_sets, settings.seeds)
     else:
-        group = largest_coexisting_group(graph)
+        group = largest_alive_group(graph.start, graph.end, graph.n_images)
         seeds = [group[:n]]
         warnings.append(f"no global fragment (no frame shows all {n} animals apart): seeded from {group.size} "
                         "animals seen together; expect identification errors")

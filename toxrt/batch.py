@@ -30,6 +30,8 @@ import numpy as np
 
 from .config import Config, load_config
 from .errors import ConfigError, ToxrtError
+from .io.atomic import atomic_open
+from .io.layout import OFFLINE_DIR, SESSION_JSON, session_folder, session_name, trajectories_npy
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,6 @@ def plan_jobs(params: Sequence[str], videos: str | None = None,
     video. ``output_dir`` replaces every job's ``output_dir``. Two jobs writing one session folder,
     a glob matching nothing or a template that does not load are errors (ConfigError).
     """
-    from .session import session_folder
-
     if not params:
         raise ConfigError("toxrt batch: give at least one parameter file")
     overrides = {"output_dir": str(Path(output_dir).resolve())} if output_dir else {}
@@ -89,7 +89,7 @@ def plan_jobs(params: Sequence[str], videos: str | None = None,
 def _offline(config: Config, params: str) -> Config:
     """Recordings only; no publishing or marker sockets (tasks sharing a machine would fight over
     the ports, and nobody listens to a batch)."""
-    from .live_source import is_live_spec
+    from .config_checks import is_live_spec
 
     live = [v for v in config.video_paths if is_live_spec(v)]
     if live:
@@ -102,13 +102,11 @@ def _offline(config: Config, params: str) -> Config:
 def session_names(paths: Sequence[str]) -> list[str]:
     """Each video's file name without suffix, or, when two share one (day1/cam.avi, day2/cam.avi),
     its path below the videos' common folder with ``_`` for ``/`` (day1_cam, day2_cam)."""
-    from .source import video_name
-
-    stems = [video_name(Config(video_paths=[p])) for p in paths]
+    stems = [session_name(Config(video_paths=[p])) for p in paths]
     if len(set(stems)) == len(stems):
         return stems
     root = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
-    return [video_name(Config(video_paths=[str(Path(p).relative_to(root).with_suffix("")).replace(os.sep, "_")]))
+    return [session_name(Config(video_paths=[str(Path(p).relative_to(root).with_suffix("")).replace(os.sep, "_")]))
             for p in paths]
 
 
@@ -133,7 +131,7 @@ def tracked_summary(folder: Path) -> dict | None:
     from .errors import SessionError
 
     try:
-        meta = json.loads((folder / "session.json").read_text())
+        meta = json.loads((folder / SESSION_JSON).read_text())
     except (OSError, ValueError):
         return None
     summary = meta.get("summary") or {}
@@ -149,8 +147,8 @@ def tracked_summary(folder: Path) -> dict | None:
 def refined_summary(folder: Path) -> dict | None:
     """offline/refine_summary.json when the current trajectories are the refined ones, else None."""
     try:
-        summary = json.loads((folder / "offline" / "refine_summary.json").read_text())
-        data = np.load(folder / "trajectories" / "trajectories.npy", allow_pickle=True).item()
+        summary = json.loads((folder / OFFLINE_DIR / "refine_summary.json").read_text())
+        data = np.load(trajectories_npy(folder), allow_pickle=True).item()
     except (OSError, ValueError, EOFError, AttributeError):
         return None
     if summary.get("interrupted") or not isinstance(data, dict) or data.get("source") != "toxrt-refined":
@@ -198,17 +196,17 @@ def run_job(job: Job, refine: bool = False, threads: int = 1,
 
 
 def _track(job: Job, report) -> dict:
-    from .session import run_session
-    from .source import open_source
+    from .tracking import run_tracking
+    from .sources import open_source
 
     on_frame = None
     if report is not None:
         source = open_source(job.config)  # only for the frame count shown in the progress
-        total = getattr(source, "n_frames", None)
+        total = source.n_frames
         source.close()
         on_frame = _Throttled(lambda n: report(job.video, n, total), PROGRESS_INTERVAL_S)
     # An unfinished folder is what a killed worker left behind: it is tracked again from the start.
-    summary = run_session(job.config, progress=False, overwrite=True, on_frame=on_frame)
+    summary = run_tracking(job.config, progress=False, overwrite=True, on_frame=on_frame)
     if on_frame is not None:
         on_frame.flush()
     return summary
@@ -216,11 +214,11 @@ def _track(job: Job, report) -> dict:
 
 def _refine(folder: Path, threads: int) -> dict:
     try:
-        from .offline.refine import RefineOptions, refine_session
+        from .offline.refine import refine_config, refine_session
     except ImportError as exc:
         raise ToxrtError(f"--refine needs torch: pip install torch==2.13.0 ({exc})") from None
-    # Default options (the method is refine's choice); only the thread count is the batch's.
-    return refine_session(folder, RefineOptions(threads=threads), progress=False).as_dict()
+    # The session's own [refine] table; only the thread count is the batch's.
+    return refine_session(folder, refine_config(folder, {"threads": threads}), progress=False).as_dict()
 
 
 class _Throttled:
@@ -304,14 +302,12 @@ def failed_row(video: str, message: str, session: str = "") -> dict:
 def write_table(rows: Sequence[dict], path: Path) -> None:
     """The result rows as CSV (``COLUMNS``), written atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", newline="") as handle:
+        with atomic_open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows({k: _csv_value(row.get(k)) for k in COLUMNS} for row in rows)
-        tmp.replace(path)
     except OSError as exc:
         raise ToxrtError(f"{path}: cannot write the results table: {exc.strerror}") from None
 

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import signal
 import sys
-import typing
 from pathlib import Path
 
-from .config import SimConfig, build_config, coerce, load_config, merge_dotted, parse_override
+from .config import SimConfig, build_config, load_config, merge_dotted, parse_override
+from .config_checks import DEFAULT_PUBLISH_ADDRESS
 from .errors import ConfigError, ToxrtError
 from .cli_outputs import add_output_commands
 from .extras import MissingExtra
@@ -40,7 +39,6 @@ from .extras import MissingExtra
 log = logging.getLogger("toxrt")
 
 EXIT_USER_ERROR = 2
-DEFAULT_LISTEN = "tcp://127.0.0.1:5556"
 
 
 def _overrides(extra: list[str]) -> dict:
@@ -63,7 +61,7 @@ def _overrides(extra: list[str]) -> dict:
 
 
 def _print_summary(summary: dict) -> None:
-    from .session import summary_lines
+    from .tracking import summary_lines
 
     print("\n".join(summary_lines(summary)))
 
@@ -91,7 +89,7 @@ def _stop_on_signals() -> None:
 
 
 def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
-    from .session import run_session
+    from .tracking import run_tracking
 
     overrides = _overrides(extra)
     if isinstance(overrides.get("video_paths"), str):  # --video_paths fish.mp4: one video
@@ -103,13 +101,13 @@ def cmd_track(args: argparse.Namespace, extra: list[str]) -> int:
 
         return run_rig(plan_cameras(cameras_from_specs(args.load, cameras), overrides=overrides, extra=extra))
     _stop_on_signals()
-    summary = run_session(config, progress=not args.quiet, overwrite=args.overwrite)
+    summary = run_tracking(config, progress=not args.quiet, overwrite=args.overwrite)
     _print_summary(summary)
     return 0
 
 
 def _several_live_sources(video_paths: list[str]) -> list[str]:
-    from .live_source import is_live_spec
+    from .config_checks import is_live_spec
 
     return video_paths if len(video_paths) > 1 and all(is_live_spec(p) for p in video_paths) else []
 
@@ -117,9 +115,11 @@ def _several_live_sources(video_paths: list[str]) -> list[str]:
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     import numpy as np
 
-    from .metrics import GroundTruth, evaluate, load_predicted
-    from .session import run_session
-    from .synthetic import SimulatedArena
+    from .evaluation.groundtruth import GroundTruth
+    from .evaluation.metrics import evaluate
+    from .io.trajectory_files import load_trajectories
+    from .tracking import run_tracking
+    from .sim.arena import SimulatedArena
 
     values = {
         "name": "demo",
@@ -134,12 +134,12 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     # Thresholds that suit the arena's rendering, unless given as flags.
     suited = SimulatedArena(config.sim, config.number_of_animals).tracking_parameters()
     config = build_config({**suited, **values})
-    summary = run_session(config, progress=not args.quiet, overwrite=True)
+    summary = run_tracking(config, progress=not args.quiet, overwrite=True)
     _print_summary(summary)
     arena = SimulatedArena(config.sim, config.number_of_animals)
     truth = GroundTruth(frames=np.arange(arena.n_frames), ids=list(range(1, config.number_of_animals + 1)),
                         positions=arena.positions, crossing=arena.crossing)
-    predicted, _, _ = load_predicted(Path(summary["session"]))
+    predicted, _, _ = load_trajectories(Path(summary["session"]))
     try:
         report = evaluate(predicted, truth, arena.body_length_px)
     except MissingExtra as exc:
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .synthetic import write_simulation
+    from .sim.writer import write_simulation
 
     sim = {"frames": args.frames, "seed": args.seed, "width": args.width, "height": args.height,
            "light_on_dark": args.light_on_dark}
@@ -165,7 +165,7 @@ def cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
-    from .metrics import evaluate_session
+    from .evaluation.metrics import evaluate_session
 
     if extra:
         raise ConfigError(f"unexpected arguments {' '.join(extra)}")
@@ -178,20 +178,14 @@ def cmd_evaluate(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_refine(args: argparse.Namespace, extra: list[str]) -> int:
     try:
-        from .offline.refine import RefineOptions, refine_session
+        from .offline.refine import refine_config, refine_session
     except ImportError as exc:
         raise ToxrtError(f"the offline stage needs torch: pip install torch==2.13.0 ({exc})") from None
-    fields = typing.get_type_hints(RefineOptions)
-    options = {}
-    for key, value in _overrides(extra).items():
-        if key not in fields:
-            raise ConfigError(f"unknown refine option {key!r}; known: {', '.join(fields)}")
-        options[key] = coerce(f"refine option {key}", value, fields[key])
-        if isinstance(options[key], float) and not math.isfinite(options[key]):
-            raise ConfigError(f"refine option {key}: {options[key]!r} is not a usable value")
-    summary = refine_session(Path(args.session), RefineOptions(**options), progress=not args.quiet)
-    lines = summary.summary_lines() if hasattr(summary, "summary_lines") else [str(summary)]
-    print("\n".join(lines))
+    # --max_batches 100 or --refine.max_batches 100: keys of the [refine] table, over the session's own
+    overrides = {key.removeprefix("refine."): value for key, value in _overrides(extra).items()}
+    cfg = refine_config(Path(args.session), overrides)
+    summary = refine_session(Path(args.session), cfg, progress=not args.quiet)
+    print("\n".join(summary.summary_lines()))
     return 0
 
 
@@ -205,7 +199,7 @@ def cmd_finish(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
-    from .client import listen
+    from .stream.listen import listen
 
     if extra:
         raise ConfigError(f"unexpected arguments {' '.join(extra)}")
@@ -214,7 +208,7 @@ def cmd_listen(args: argparse.Namespace, extra: list[str]) -> int:
         from .rig import addresses_of
 
         addresses += addresses_of(args.rig)
-    listen(addresses or DEFAULT_LISTEN, csv_path=args.csv, duration_s=args.duration)
+    listen(addresses or DEFAULT_PUBLISH_ADDRESS, csv_path=args.csv, duration_s=args.duration)
     return 0
 
 
@@ -270,7 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="also write the report as JSON here")
     evaluate.set_defaults(run=cmd_evaluate)
 
-    refine = commands.add_parser("refine", help="offline identity refinement of a recorded session (needs torch)")
+    refine = commands.add_parser(
+        "refine", help="offline identity refinement of a recorded session (needs torch)",
+        description="Settings: the [refine] table of the session's parameters.toml, then --key value flags with "
+                    "its key names (e.g. --method contrastive --max_batches 100); toxrt config --defaults lists them.")
     refine.add_argument("session")
     refine.add_argument("--quiet", action="store_true")
     refine.set_defaults(run=cmd_refine)
@@ -280,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     finish.set_defaults(run=cmd_finish)
 
     listen = commands.add_parser("listen", help="print the live position stream")
-    listen.add_argument("address", nargs="*", help=f"publisher addresses, one per camera (default {DEFAULT_LISTEN})")
+    listen.add_argument("address", nargs="*", help=f"publisher addresses, one per camera (default {DEFAULT_PUBLISH_ADDRESS})")
     listen.add_argument("--rig", default=None, help="also every camera of this rig file")
     listen.add_argument("--csv", default=None, help="also write the stream to this CSV file")
     listen.add_argument("--duration", type=float, default=None, help="stop after this many seconds")

@@ -52,15 +52,15 @@ def add_output_commands(commands, overrides: Overrides) -> None:
 
 
 def cmd_stats(args: argparse.Namespace, extra: list[str], overrides: Overrides) -> int:
-    from .stats import run_stats
+    from .outputs.stats import run_stats
 
     print("\n".join(run_stats(args.session, args.load, overrides(extra), args.out)))
     return 0
 
 
 def cmd_export(args: argparse.Namespace, extra: list[str], overrides: Overrides) -> int:
-    from .export import FORMATS, export_session
-    from .results import open_session
+    from .outputs.export import FORMATS, export_session
+    from .outputs.results import open_session
 
     formats = FORMATS if args.format == "all" else [args.format]
     results, _ = open_session(args.session, None, overrides(extra))
@@ -70,8 +70,8 @@ def cmd_export(args: argparse.Namespace, extra: list[str], overrides: Overrides)
 
 
 def cmd_video(args: argparse.Namespace, extra: list[str], overrides: Overrides) -> int:
-    from .results import open_session
-    from .video import VideoOptions, make_videos
+    from .outputs.results import open_session
+    from .outputs.video import VideoOptions, make_videos
 
     results, config = open_session(args.session, None, overrides(extra))
     options = VideoOptions(start=args.start, end=args.end, scale=args.scale, trail=args.trail,
@@ -83,8 +83,8 @@ def cmd_video(args: argparse.Namespace, extra: list[str], overrides: Overrides) 
 
 
 def cmd_report(args: argparse.Namespace, extra: list[str], overrides: Overrides) -> int:
-    from .report import write_report
-    from .results import open_session
+    from .outputs.report import write_report
+    from .outputs.results import open_session
 
     results, config = open_session(args.session, args.load, overrides(extra))
     print(f"written: {write_report(results, config, Path(args.out) if args.out else None)}")

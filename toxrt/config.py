@@ -1,7 +1,8 @@
 """One typed configuration, loaded from TOML, checked on load.
 
 Top-level keys keep idtracker.ai's names where the meaning is the same; toxrt's own settings
-live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[recording]``, ``[sim]``).
+live in tables (``[segmentation]``, ``[linking]``, ``[identity]``, ``[appearance]``, ``[recording]``,
+``[sim]``, ``[streaming]``, ``[stats]``, ``[refine]``).
 ``toxrt/default.toml`` (shipped in the package; ``toxrt config --defaults`` prints it) documents
 every key with its default; a test keeps the two in step.
 Every numeric key has an explicit, finite range (stated in default.toml too); nan is refused
@@ -16,110 +17,58 @@ import math
 import re
 import tomllib
 import typing
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from .config_checks import (DEFAULT_MARKER_ADDRESS, DEFAULT_PUBLISH_ADDRESS, DEFAULT_PUBLISH_FORMAT, PUBLISH_FORMATS,
+                            auto_or_between, between, control_characters, is_file_spec, name_problem, option,
+                            unit_interval, zmq_address_problem)
 from .errors import ConfigError
+from .roi import parse_roi_entry
 
 BACKGROUND_STATS = ("median", "mean", "max", "min")
 MAX_FRAME_INDEX = 2**40  # frame indices (tracking_intervals) beyond this are a typo, not a video
 TRAJECTORY_FORMATS = ("npy", "csv", "h5")
 
 
-def _unit_interval(value: float) -> bool:
-    return 0.0 <= value <= 1.0
-
-
-def _between(lo: float, hi: float, zero: bool = False, open_lo: bool = False) -> tuple[Any, str]:
-    """A range check and its description: lo <= v <= hi (lo < v when ``open_lo``), or v == 0 when ``zero``."""
-    def check(value: float) -> bool:
-        return (zero and value == 0) or ((lo < value if open_lo else lo <= value) and value <= hi)
-    why = f"above {_number(lo)}, up to {_number(hi)}" if open_lo else f"from {_number(lo)} to {_number(hi)}"
-    return check, (f"0 or {why}" if zero else why)
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
-
-
-def control_characters(text: str) -> list[str]:
-    """The control, format and line-separator characters of ``text`` (they have no place in names)."""
-    return [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot name a session folder (``session_<name>``), or None when it can."""
-    if control_characters(name):
-        return f"contains the control character {control_characters(name)[0]!r}"
-    if "/" in name or "\\" in name or name in (".", ".."):
-        return "is a name, not a path (no '/', '\\', '.' or '..')"
-    if len(name.encode("utf-8", "surrogatepass")) > 200:
-        return "is longer than 200 bytes"
-    return None
-
-
-def zmq_address_problem(address: str) -> str | None:
-    """Why ``address`` is not a usable ZeroMQ endpoint (tcp://host:port, ipc://path, inproc://name), or None."""
-    scheme, sep, rest = address.partition("://")
-    if not sep or scheme not in ("tcp", "ipc", "inproc") or not rest:
-        return "is not a ZeroMQ address such as tcp://127.0.0.1:5556"
-    if control_characters(address):
-        return "contains a control character"
-    if scheme == "tcp":
-        host, colon, port = rest.rpartition(":")
-        if not colon or not host:
-            return "needs a host and a port (tcp://127.0.0.1:5556)"
-        if port != "*" and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            return f"has port {port!r}; a port is 1..65535 or * (any free port)"
-    return None
-
-
-def _opt(default: Any, check=None, why: str = "") -> Any:
-    """A dataclass field with a default and an optional range check (value -> bool)."""
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"check": check, "why": why})
-    return field(default=default, metadata={"check": check, "why": why})
-
-
 @dataclass(frozen=True)
 class SegmentationConfig:
-    histogram_bins: int = _opt(32, lambda v: 2 <= v <= 256, "between 2 and 256")
-    identification_image_size: int = _opt(0, lambda v: v == 0 or 8 <= v <= 256, "0 (auto) or 8..256")
-    crossing_area_ratio: float = _opt(1.6, *_between(1, 100, open_lo=True))
-    min_blob_pixels_for_features: int = _opt(3, *_between(1, 100_000))
+    histogram_bins: int = option(32, lambda v: 2 <= v <= 256, "between 2 and 256")
+    identification_image_size: int = option(0, lambda v: v == 0 or 8 <= v <= 256, "0 (auto) or 8..256")
+    crossing_area_ratio: float = option(1.6, *between(1, 100, open_lo=True))
+    min_blob_pixels_for_features: int = option(3, *between(1, 100_000))
 
 
 @dataclass(frozen=True)
 class LinkingConfig:
-    max_distance_body_lengths: float = _opt(1.0, *_between(0.01, 100))
-    max_distance_px: float = _opt(0.0, *_between(0.01, 100_000, zero=True))
-    max_size_change: float = _opt(0.8, *_between(0.001, 1000))
-    max_unmatched_frames: int = _opt(3, *_between(0, 10_000))
-    process_noise: float = _opt(1.0, *_between(1e-6, 1e6))
-    measurement_noise: float = _opt(1.0, *_between(1e-6, 1e6))
-    crossing_release_frames: int = _opt(5, *_between(1, 10_000))
+    max_distance_body_lengths: float = option(1.0, *between(0.01, 100))
+    max_distance_px: float = option(0.0, *between(0.01, 100_000, zero=True))
+    max_size_change: float = option(0.8, *between(0.001, 1000))
+    max_unmatched_frames: int = option(3, *between(0, 10_000))
+    process_noise: float = option(1.0, *between(1e-6, 1e6))
+    measurement_noise: float = option(1.0, *between(1e-6, 1e6))
+    crossing_release_frames: int = option(5, *between(1, 10_000))
 
 
 @dataclass(frozen=True)
 class IdentityConfig:
-    decision_samples: int = _opt(5, *_between(1, 10_000))
-    revision_interval_frames: int = _opt(10, *_between(1, 1_000_000))
-    reference_samples: int = _opt(64, *_between(1, 10_000))
-    fragment_samples: int = _opt(24, *_between(1, 10_000))
-    reference_stride: int = _opt(3, *_between(1, 10_000))
-    reference_min_probability: float = _opt(0.5, _unit_interval, "between 0 and 1")
-    unseen_identity_similarity: float = _opt(0.2, _unit_interval, "between 0 and 1")
-    max_shape_difference: float = _opt(0.0, *_between(0, 1e6))
-    gauss_mu: float = _opt(1.0, lambda v: -1.0 <= v <= 1.0, "between -1 and 1 (a correlation)")
-    gauss_sigma: float = _opt(0.05, *_between(0.001, 10))
-    correlation_levels: int = _opt(20, *_between(2, 10_000))
-    long_fragment_samples: int = _opt(50, *_between(1, 1_000_000))
-    fusion_samples: int = _opt(12, *_between(1, 10_000))
-    min_correlation: float = _opt(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
+    decision_samples: int = option(5, *between(1, 10_000))
+    revision_interval_frames: int = option(10, *between(1, 1_000_000))
+    reference_samples: int = option(64, *between(1, 10_000))
+    fragment_samples: int = option(24, *between(1, 10_000))
+    reference_stride: int = option(3, *between(1, 10_000))
+    reference_min_probability: float = option(0.5, unit_interval, "between 0 and 1")
+    unseen_identity_similarity: float = option(0.2, unit_interval, "between 0 and 1")
+    max_shape_difference: float = option(0.0, *between(0, 1e6))
+    gauss_mu: float = option(1.0, lambda v: -1.0 <= v <= 1.0, "between -1 and 1 (a correlation)")
+    gauss_sigma: float = option(0.05, *between(0.001, 10))
+    correlation_levels: int = option(20, *between(2, 10_000))
+    long_fragment_samples: int = option(50, *between(1, 1_000_000))
+    fusion_samples: int = option(12, *between(1, 10_000))
+    min_correlation: float = option(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
 
     def __post_init__(self) -> None:
         if self.decision_samples > self.fragment_samples:
@@ -129,74 +78,73 @@ class IdentityConfig:
 
 @dataclass(frozen=True)
 class AppearanceConfig:
-    live: bool = _opt(True)
-    live_inline: bool = _opt(False)
-    band_fraction: float = _opt(0.3, *_between(0.05, 1))
-    global_acceptance: float = _opt(0.99, *_between(0.5, 0.999999))
-    certainty: float = _opt(3.0, *_between(0, 1000, open_lo=True))
-    min_images: int = _opt(4, *_between(1, 1000))
-    seeds: int = _opt(3, *_between(1, 50))
-    folds: int = _opt(4, *_between(2, 20))
-    images_per_fragment: int = _opt(64, *_between(2, 100_000, zero=True))
-    training_images_per_identity: int = _opt(2000, *_between(10, 1_000_000, zero=True))
-    live_retrain_interval_s: float = _opt(2.0, *_between(0.1, 3600))
-    live_images_per_identity: int = _opt(1000, *_between(100, 1_000_000))
+    live: bool = option(True)
+    live_inline: bool = option(False)
+    band_fraction: float = option(0.3, *between(0.05, 1))
+    global_acceptance: float = option(0.99, *between(0.5, 0.999999))
+    certainty: float = option(3.0, *between(0, 1000, open_lo=True))
+    min_images: int = option(4, *between(1, 1000))
+    seeds: int = option(3, *between(1, 50))
+    folds: int = option(4, *between(2, 20))
+    images_per_fragment: int = option(64, *between(2, 100_000, zero=True))
+    training_images_per_identity: int = option(2000, *between(10, 1_000_000, zero=True))
+    live_retrain_interval_s: float = option(2.0, *between(0.1, 3600))
+    live_images_per_identity: int = option(1000, *between(100, 1_000_000))
 
 
 @dataclass(frozen=True)
 class RecordingConfig:
-    identification_images: bool = _opt(True)
-    flush_interval_s: float = _opt(0.5, *_between(0.01, 1))
-    queue_frames: int = _opt(4000, *_between(1, 1_000_000))
+    identification_images: bool = option(True)
+    flush_interval_s: float = option(0.5, *between(0.01, 1))
+    queue_frames: int = option(4000, *between(1, 1_000_000))
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    width: int = _opt(640, *_between(64, 8192))
-    height: int = _opt(480, *_between(64, 8192))
-    frames: int = _opt(1500, *_between(1, 100_000_000))
-    fps: float = _opt(25.0, *_between(0.01, 10_000))
-    seed: int = _opt(0, *_between(0, 2**32 - 1))
-    body_length_px: float = _opt(28.0, *_between(6, 1000))
-    speed_body_lengths: float = _opt(0.12, *_between(0.0001, 10))
-    blur_sigma: float = _opt(0.7, *_between(0, 50))
-    noise_sigma: float = _opt(3.0, *_between(0, 255))
-    uneven_light: float = _opt(0.15, _unit_interval, "between 0 and 1")
-    light_on_dark: bool = _opt(False)
-    appearance_spread: float = _opt(1.0, _unit_interval, "between 0 and 1")
+    width: int = option(640, *between(64, 8192))
+    height: int = option(480, *between(64, 8192))
+    frames: int = option(1500, *between(1, 100_000_000))
+    fps: float = option(25.0, *between(0.01, 10_000))
+    seed: int = option(0, *between(0, 2**32 - 1))
+    body_length_px: float = option(28.0, *between(6, 1000))
+    speed_body_lengths: float = option(0.12, *between(0.0001, 10))
+    blur_sigma: float = option(0.7, *between(0, 50))
+    noise_sigma: float = option(3.0, *between(0, 255))
+    uneven_light: float = option(0.15, unit_interval, "between 0 and 1")
+    light_on_dark: bool = option(False)
+    appearance_spread: float = option(1.0, unit_interval, "between 0 and 1")
 
 
-PUBLISH_FORMATS = ("msgpack", "json")
 PUBLISH_WHEN = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
 class StreamingConfig:
-    realtime: bool = _opt(False)  # replay files / the simulated arena at their frame rate, newest frame wins
-    publish_address: str = _opt("tcp://127.0.0.1:5556", lambda v: v == "" or zmq_address_problem(v) is None,
-                                "empty (off) or a ZeroMQ address such as tcp://127.0.0.1:5556 (port 1..65535 or *)")
-    publish_format: str = _opt("msgpack", lambda v: v in PUBLISH_FORMATS, f"one of {PUBLISH_FORMATS}")
-    marker_address: str = _opt("tcp://127.0.0.1:5557", lambda v: v == "" or zmq_address_problem(v) is None,
-                               "empty (off) or a ZeroMQ address such as tcp://127.0.0.1:5557 (port 1..65535 or *)")
-    allow_remote: bool = _opt(False)  # bind publish/marker sockets on non-loopback addresses
-    publish_hwm: int = _opt(1000, *_between(1, 1_000_000))
-    source_timeout_s: float = _opt(3.0, *_between(0.01, 3600))  # open/read timeout of streams
-    wait_for_subscriber_s: float = _opt(0.0, *_between(0, 3600))
+    realtime: bool = option(False)  # replay files / the simulated arena at their frame rate, newest frame wins
+    publish_address: str = option(DEFAULT_PUBLISH_ADDRESS, lambda v: v == "" or zmq_address_problem(v) is None,
+                                f"empty (off) or a ZeroMQ address such as {DEFAULT_PUBLISH_ADDRESS} (port 1..65535 or *)")
+    publish_format: str = option(DEFAULT_PUBLISH_FORMAT, lambda v: v in PUBLISH_FORMATS, f"one of {PUBLISH_FORMATS}")
+    marker_address: str = option(DEFAULT_MARKER_ADDRESS, lambda v: v == "" or zmq_address_problem(v) is None,
+                               f"empty (off) or a ZeroMQ address such as {DEFAULT_MARKER_ADDRESS} (port 1..65535 or *)")
+    allow_remote: bool = option(False)  # bind publish/marker sockets on non-loopback addresses
+    publish_hwm: int = option(1000, *between(1, 1_000_000))
+    source_timeout_s: float = option(3.0, *between(0.01, 3600))  # open/read timeout of streams
+    wait_for_subscriber_s: float = option(0.0, *between(0, 3600))
     # When the publisher and marker sockets open: "auto" for live sources and real-time replay only.
-    publish: str = _opt("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
+    publish: str = option("auto", lambda v: v in PUBLISH_WHEN, f"one of {PUBLISH_WHEN}")
 
-    camera: str = _opt("", lambda v: re.fullmatch(r"[A-Za-z0-9_.-]*", v) is not None,
+    camera: str = option("", lambda v: re.fullmatch(r"[A-Za-z0-9_.-]*", v) is not None,
                        "empty or letters, digits, '_', '.', '-'")  # carried in every message
 
 
 @dataclass(frozen=True)
 class StatsConfig:
-    smooth_sigma_frames: float = _opt(1.0, *_between(0, 10_000))
-    moving_speed_body_lengths: float = _opt(0.5, *_between(0, 1_000))
-    frozen_speed_body_lengths: float = _opt(0.1, *_between(0, 1_000))
-    frozen_min_s: float = _opt(1.0, *_between(0, 86_400))
-    near_wall_body_lengths: float = _opt(1.0, *_between(0, 1_000))
-    zones: list[list[str]] = _opt([])
+    smooth_sigma_frames: float = option(1.0, *between(0, 10_000))
+    moving_speed_body_lengths: float = option(0.5, *between(0, 1_000))
+    frozen_speed_body_lengths: float = option(0.1, *between(0, 1_000))
+    frozen_min_s: float = option(1.0, *between(0, 86_400))
+    near_wall_body_lengths: float = option(1.0, *between(0, 1_000))
+    zones: list[list[str]] = option([])
 
     def __post_init__(self) -> None:
         names = [zone[0] if zone else "" for zone in self.zones]
@@ -210,25 +158,58 @@ class StatsConfig:
             raise ConfigError("stats.frozen_speed_body_lengths: must not exceed stats.moving_speed_body_lengths")
 
 
+REFINE_METHODS = ("accumulation", "contrastive")
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """``toxrt refine``: the offline identities of a recorded session (docs/offline.md). ``auto``, 0 or -1
+    values are resolved once the device is known (``offline.refine.resolved``)."""
+
+    method: str = option("accumulation", lambda v: v in REFINE_METHODS, f"one of {REFINE_METHODS}")
+    device: str = option("auto", lambda v: v in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
+    image_size: int = option(32, *between(8, 256))
+    network: str = option("auto", lambda v: v in ("auto", "resnet18", "small"), "auto, resnet18 or small")
+    batch_pairs: int = option(0, *between(1, 100_000, zero=True))
+    max_batches: int = option(0, *between(1, 100_000_000, zero=True))
+    eval_every: int = option(0, *between(1, 1_000_000, zero=True))
+    patience: int = option(0, *between(1, 1_000_000, zero=True))
+    target_patience: int = option(2, *between(1, 1_000_000))
+    silhouette_target: float = option(0.91, *between(-1, 1))
+    min_improvement: float = option(-1.0, lambda v: v == -1 or 0 <= v < 1, "-1 (auto) or from 0 to below 1")
+    silhouette_images: int = option(0, *between(1, 100_000_000, zero=True))
+    images_per_fragment: int = option(0, *between(2, 100_000_000, zero=True))
+    alpha: float = option(0.5, unit_interval, "between 0 and 1")
+    learning_rate: float = option(1e-3, *between(0, 10, open_lo=True))
+    seed: int = option(0, *between(0, 2**32 - 1))
+    threads: int = option(0, *between(1, 4096, zero=True))
+    bf16: str = option("auto", lambda v: v in ("auto", "on", "off"), "auto, on or off")
+    checkpoint: str = option("", lambda v: not control_characters(v), "a path without control characters")
+    resume: bool = option(True)
+    max_crossing_gap: int = option(0, *between(1, 100_000_000, zero=True))
+    min_batches: int = option(-1, *auto_or_between(0, 100_000_000))
+    time_budget_s: float = option(-1.0, *auto_or_between(0, 1e7))
+
+
 @dataclass(frozen=True)
 class Config:
-    name: str = _opt("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
-    video_paths: list[str] = _opt([], lambda v: not any(control_characters(p) for p in v),
+    name: str = option("", lambda v: name_problem(v) is None, "a plain name: no control characters, '/', '\\' or '..'")
+    video_paths: list[str] = option([], lambda v: not any(control_characters(p) for p in v),
                                   "paths without control characters")
-    number_of_animals: int = _opt(0, *_between(1, 1000, zero=True))
-    intensity_ths: list[float] = _opt([0.0, 155.0])
-    area_ths: list[float] = _opt([50.0, math.inf])
-    use_bkg: bool = _opt(False)
-    background_subtraction_stat: str = _opt("median", lambda v: v in BACKGROUND_STATS, f"one of {BACKGROUND_STATS}")
-    number_of_frames_for_background: int = _opt(50, *_between(1, 1000))
-    roi_list: list[str] = _opt([])
-    tracking_intervals: list[list[int]] = _opt([])
-    output_dir: str = _opt("", lambda v: not control_characters(v), "a path without control characters")
-    trajectories_formats: list[str] = _opt(["npy", "csv"])
-    frames_per_second: float = _opt(0.0, *_between(0.01, 10_000, zero=True))
-    px_per_cm: float = _opt(0.0, *_between(1e-6, 1e6, zero=True))
-    calibration_points: list[list[float]] = _opt([])
-    calibration_distance_cm: float = _opt(0.0, *_between(1e-6, 1e6, zero=True))
+    number_of_animals: int = option(0, *between(1, 1000, zero=True))
+    intensity_ths: list[float] = option([0.0, 155.0])
+    area_ths: list[float] = option([50.0, math.inf])
+    use_bkg: bool = option(False)
+    background_subtraction_stat: str = option("median", lambda v: v in BACKGROUND_STATS, f"one of {BACKGROUND_STATS}")
+    number_of_frames_for_background: int = option(50, *between(1, 1000))
+    roi_list: list[str] = option([])
+    tracking_intervals: list[list[int]] = option([])
+    output_dir: str = option("", lambda v: not control_characters(v), "a path without control characters")
+    trajectories_formats: list[str] = option(["npy", "csv"])
+    frames_per_second: float = option(0.0, *between(0.01, 10_000, zero=True))
+    px_per_cm: float = option(0.0, *between(1e-6, 1e6, zero=True))
+    calibration_points: list[list[float]] = option([])
+    calibration_distance_cm: float = option(0.0, *between(1e-6, 1e6, zero=True))
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     linking: LinkingConfig = field(default_factory=LinkingConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -237,6 +218,7 @@ class Config:
     sim: SimConfig = field(default_factory=SimConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
         _check_pair("intensity_ths", self.intensity_ths, 0, 255)
@@ -256,8 +238,6 @@ class Config:
                                   "give them sorted and without overlap")
             previous_end = interval[1]
         for i, entry in enumerate(self.roi_list):
-            from .segment import parse_roi_entry  # segment imports this module
-
             try:
                 parse_roi_entry(entry)
             except ValueError as exc:
@@ -297,10 +277,6 @@ def _check_pair(key: str, value: list[float], lo: float, hi: float) -> None:
         raise ConfigError(f"{key}: {value!r} must be [low, high] with {lo} <= low <= high <= {hi}")
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name in
-            ("segmentation", "linking", "identity", "appearance", "recording", "sim", "streaming", "stats")}
-
-
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert a TOML value to the field's declared type, or name the key and value in an error."""
     origin = typing.get_origin(annotation)
@@ -335,12 +311,6 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation!r}")
 
 
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """A value (TOML or command line) converted to ``annotation`` (bool, int, float, str or a list
-    of them), or a ConfigError naming ``key``; nan is refused."""
-    return _coerce(key, value, annotation)
-
-
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
@@ -363,7 +333,7 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)
@@ -408,32 +378,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        values = _read_toml(path)
+        values = read_toml(path)
         base = path.resolve().parent
     for key, value in (overrides or {}).items():
         merge_dotted(values, key, value)
     config = build_config(values)
-    videos = [v if v.startswith(("sim:", "camera:")) or "://" in v else str((base / v)) for v in config.video_paths]
+    videos = [str(base / v) if is_file_spec(v) else v for v in config.video_paths]
     output_dir = str(base / config.output_dir) if config.output_dir else ""
     return dataclasses.replace(config, video_paths=videos, output_dir=output_dir)
-
-
-def load_session_config(session_dir: str | Path, path: str | Path | None = None,
-                        overrides: dict[str, Any] | None = None) -> Config:
-    """A session's parameters.toml, then a parameter file's keys, then dotted-key overrides.
-
-    How the output tools (stats, report, video, export) get their settings: a session tracked with
-    ``[stats]`` or ``px_per_cm`` keeps them; a file or flags can change them afterwards.
-    """
-    values = _read_toml(Path(session_dir) / "parameters.toml") if (Path(session_dir) / "parameters.toml").exists() else {}
-    for key, value in (_read_toml(Path(path)) if path is not None else {}).items():
-        if isinstance(value, dict) and isinstance(values.get(key), dict):
-            values[key] = {**values[key], **value}
-        else:
-            values[key] = value
-    for key, value in (overrides or {}).items():
-        merge_dotted(values, key, value)
-    return build_config(values)
 
 
 def build_config(values: dict[str, Any]) -> Config:

@@ -121,7 +121,7 @@ def blob_features(
         ``area_ths`` are dropped, so ``len(result) <= len(contours)``.
     crop_size: side ``s`` of the identification images; 0 makes ``crop`` (n, 0, 0).
     single_animal_area: pixels; when positive, blobs larger than ``crossing_area_ratio`` times
-        it are flagged ``is_crossing``.
+        it are flagged ``oversized`` (maybe several animals: the linker decides).
     """
     shapes = blob_shapes(contours, area_ths)
     n = len(shapes)
@@ -156,9 +156,9 @@ def blob_features(
     histogram /= shapes.area[:, None].astype(np.float32)
     hu = hu_moments(nu)
     if single_animal_area > 0:
-        is_crossing = shapes.area > crossing_area_ratio * single_animal_area
+        oversized = shapes.area > crossing_area_ratio * single_animal_area
     else:
-        is_crossing = np.zeros(n, bool)
+        oversized = np.zeros(n, bool)
     return Blobs(
         centroid=shapes.centroid,
         area=shapes.area,
@@ -167,7 +167,7 @@ def blob_features(
         hu=hu,
         histogram=histogram,
         crop=crop,
-        is_crossing=is_crossing,
+        oversized=oversized,
     )
 
 

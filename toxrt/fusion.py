@@ -6,27 +6,27 @@ After Rodríguez et al. (2018), "ToxId", Sci. Rep. 8:14774, sections "Fragment s
 from __future__ import annotations
 
 import logging
-from itertools import groupby
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .config import IdentityConfig
-from .similarity import (_MAX_PAIRS_PER_BLOCK, _check_samples, _level_table, _share, _similarity_batched, shape_code,
+from .fragments import complete_groups, largest_alive_group, overlapping
+from .similarity import (MAX_PAIRS_PER_BLOCK, check_samples, group_similarity, level_weights, shape_code, share,
                          standardise_histograms)
 from .types import FRAGMENT_RECORD_DTYPE
 
 logger = logging.getLogger(__name__)
 
 
-def _stack_samples(ids: np.ndarray, samples: dict[int, tuple[np.ndarray, np.ndarray]], cap: int
+def stack_samples(ids: np.ndarray, samples: dict[int, tuple[np.ndarray, np.ndarray]], cap: int
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """At most ``cap`` evenly spaced samples per fragment -> (z (T, bins), codes (T, 7), offsets (F+1,))."""
     hists, hus, counts = [], [], []
     for fragment_id in ids.tolist():
         hist, hu = samples[fragment_id]
         hist, hu = np.asarray(hist), np.asarray(hu)
-        _check_samples(f"fragment {fragment_id}", hist, hu)
+        check_samples(f"fragment {fragment_id}", hist, hu)
         k = hist.shape[0]
         if k > cap:
             pick = np.unique(np.linspace(0, k - 1, cap).round().astype(np.intp))
@@ -38,19 +38,19 @@ def _stack_samples(ids: np.ndarray, samples: dict[int, tuple[np.ndarray, np.ndar
     return standardise_histograms(np.concatenate(hists)), shape_code(np.concatenate(hus)), offsets
 
 
-def _similarity_matrix(z: np.ndarray, code: np.ndarray, offsets: np.ndarray, cfg: IdentityConfig) -> np.ndarray:
+def similarity_matrix(z: np.ndarray, code: np.ndarray, offsets: np.ndarray, cfg: IdentityConfig) -> np.ndarray:
     """Symmetric Sim between all fragments, float32 (F, F), computed in blocks of rows."""
-    table = _level_table(cfg)
+    table = level_weights(cfg)
     n_frag, total = offsets.size - 1, offsets[-1]
     sim = np.zeros((n_frag, n_frag), np.float32)
     first = 0
     while first < n_frag:
         # only the upper triangle of blocks: Sim is symmetric
         row0, width = offsets[first], total - offsets[first]
-        rows_fit = max(1, _MAX_PAIRS_PER_BLOCK // max(width, 1))
+        rows_fit = max(1, MAX_PAIRS_PER_BLOCK // max(width, 1))
         last = max(first + 1, int(np.searchsorted(offsets, row0 + rows_fit, side="right")) - 1)
         last = min(last, n_frag)
-        block = _similarity_batched(z[row0:offsets[last]], code[row0:offsets[last]], offsets[first:last + 1] - row0,
+        block = group_similarity(z[row0:offsets[last]], code[row0:offsets[last]], offsets[first:last + 1] - row0,
                                  z[row0:], code[row0:], offsets[first:] - row0, cfg, table)
         sim[first:last, first:] = block
         sim[first:, first:last] = block.T
@@ -62,37 +62,6 @@ def _row_correlation(matrix: np.ndarray) -> np.ndarray:
     """Pearson correlation between all rows of a (F, F) matrix, float32; constant rows correlate 0."""
     z = standardise_histograms(matrix)  # same centring and scaling, along rows
     return z @ z.T
-
-
-def _alive_sets(start: np.ndarray, end: np.ndarray, candidates: np.ndarray):
-    """Sweep over frames: yield the set of candidate fragments alive after each change (shared set)."""
-    events = sorted([(int(start[i]), 1, i) for i in candidates] + [(int(end[i]) + 1, -1, i) for i in candidates])
-    alive: set[int] = set()
-    for _, at_time in groupby(events, key=lambda e: e[0]):
-        for _, change, i in at_time:
-            if change > 0:
-                alive.add(i)
-            else:
-                alive.discard(i)
-        yield alive
-
-
-def _complete_groups(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, size: int) -> list[np.ndarray]:
-    """Sets of exactly ``size`` candidate fragments alive together at some frame (sorted index arrays)."""
-    groups = {tuple(sorted(alive)): None for alive in _alive_sets(start, end, candidates) if len(alive) == size}
-    return [np.array(g, np.intp) for g in groups]
-
-
-def _largest_group(start: np.ndarray, end: np.ndarray, candidates: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """The largest set of candidate fragments alive together (ties: the longest shortest fragment)."""
-    best: tuple[int, int] = (0, 0)
-    group = np.zeros(0, np.intp)
-    for alive in _alive_sets(start, end, candidates):
-        if alive:
-            key = (len(alive), int(min(length[i] for i in alive)))
-            if key > best:
-                best, group = key, np.array(sorted(alive), np.intp)
-    return group
 
 
 class _Fusion:
@@ -178,7 +147,7 @@ class _Fusion:
         np.divide(sums, totals, out=affinity, where=totals > 1e-12)
         positive = np.maximum(affinity, 0.0)
         out = np.zeros(self.identity.size)
-        out[assigned] = _share(positive[own, np.arange(assigned.size)], positive.sum(axis=0))
+        out[assigned] = share(positive[own, np.arange(assigned.size)], positive.sum(axis=0))
         return out
 
 
@@ -235,20 +204,20 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
     if rows.size == 0:
         return {}
     ids, start, end = rows["fragment"], rows["start"], rows["end"]
-    z, code, offsets = _stack_samples(ids, samples, cfg.fusion_samples)
+    z, code, offsets = stack_samples(ids, samples, cfg.fusion_samples)
     compared = np.diff(offsets)
     length = np.where(rows["n_samples"] > 0, rows["n_samples"], compared)
 
-    sim = _similarity_matrix(z, code, offsets, cfg)
+    sim = similarity_matrix(z, code, offsets, cfg)
     id_matrix = _row_correlation(sim).astype(np.float64)
-    coexist = (start[:, None] <= end[None, :]) & (start[None, :] <= end[:, None])
+    coexist = overlapping(start[:, None], end[:, None], start[None, :], end[None, :])
     np.fill_diagonal(coexist, False)
     id_matrix[coexist] = 0.0
     np.fill_diagonal(id_matrix, 1.0)
 
     fusion = _Fusion(id_matrix, coexist, compared.astype(np.float64), n, cfg.min_correlation)
     long = length >= cfg.long_fragment_samples
-    groups = _complete_groups(start, end, np.flatnonzero(long), n)
+    groups = complete_groups(start, end, np.flatnonzero(long), n)
     order = np.argsort([int(length[g].min()) for g in groups], kind="stable")[::-1]
     if groups:
         seed = groups[order[0]]
@@ -256,9 +225,9 @@ def fuse_fragments(fragments: np.ndarray, samples: dict[int, tuple[np.ndarray, n
         # Without a complete group of long fragments, seed from the complete group of any length
         # whose shortest fragment is longest; without any (animals that leave the view), from the
         # largest set of long fragments alive together: its identities are certain to differ.
-        complete = _complete_groups(start, end, np.arange(ids.size), n)
+        complete = complete_groups(start, end, np.arange(ids.size), n)
         seed = (max(complete, key=lambda g: int(length[g].min())) if complete
-                else _largest_group(start, end, np.flatnonzero(long), length))
+                else largest_alive_group(start, end, length, np.flatnonzero(long)))
     for identity, f in enumerate(seed, start=1):
         fusion.assign(int(f), identity)
     for g in order[1:]:

@@ -14,7 +14,7 @@ from scipy.optimize import linear_sum_assignment
 from .appearance import MIN_PROBABILITY, ModelSnapshot
 from .config import IdentityConfig
 from .errors import ConfigError
-from .similarity import HU_COUNT, _level_table, _share, _similarity_batched, shape_code, standardise_histograms
+from .similarity import HU_COUNT, group_similarity, level_weights, shape_code, share, standardise_histograms
 from .types import IdentityEvent
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class LiveIdentities:
             raise ConfigError(f"number_of_animals: {number_of_animals!r} is out of range (0 (unknown) or more)")
         self._cfg = cfg
         self._n = int(number_of_animals)
-        self._table = _level_table(cfg)
+        self._table = level_weights(cfg)
         self._bins = 0  # known from the first sample
         self._slot_of: dict[int, int] = {}
         self._free_slots: list[int] = []
@@ -290,7 +290,7 @@ class LiveIdentities:
         mask_a = np.arange(cfg.fragment_samples) < held[:, None]
         ref_held = np.minimum(self._ref_count[referenced], cfg.reference_samples)
         mask_b = np.arange(cfg.reference_samples) < ref_held[:, None]
-        sim[:, referenced] = _similarity_batched(
+        sim[:, referenced] = group_similarity(
             self._z[slots][mask_a], self._code[slots][mask_a], np.concatenate([[0], np.cumsum(held)]),
             self._ref_z[referenced][mask_b], self._ref_code[referenced][mask_b],
             np.concatenate([[0], np.cumsum(ref_held)]), cfg, self._table, small=True)
@@ -336,7 +336,7 @@ class LiveIdentities:
         own_known = ~np.isnan(own)
         own = np.where(own_known, own, cfg.unseen_identity_similarity)
         total = np.where(own_known, total_known, total_known + own)
-        probability = np.where(chosen, _share(own, total), 0.0).astype(np.float32)
+        probability = np.where(chosen, share(own, total), 0.0).astype(np.float32)
 
         self._next_revision[slots[refreshed]] = frame_index + cfg.revision_interval_frames
         return self._record(frame_index, slots, new_identity, probability, seed_references=True)

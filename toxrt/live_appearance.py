@@ -39,6 +39,7 @@ from threadpoolctl import threadpool_limits
 from .accumulation import certainty, fit_temperature, neutral_unseen
 from .appearance import AppearanceModel, FeatureShape, ModelSnapshot
 from .config import AppearanceConfig
+from .fragments import overlapping
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +439,7 @@ class AppearanceLearner:
         opened = 0
         for f in open_ids:
             me = self._fragments[f]
-            beside = set(label[(start <= me.end) & (end >= me.start)].tolist())
+            beside = set(label[overlapping(start, end, me.start, me.end)].tolist())
             if me.label == 0 and known <= beside and 0 < me.live_identity <= self.n and me.live_identity not in known:
                 self._accept(f, me.live_identity)
                 known.add(me.live_identity)
@@ -451,7 +452,7 @@ class AppearanceLearner:
         me = self._fragments[f]
         start, end, label = self._labelled
         p = p1.copy()
-        p[label[(start <= me.end) & (end >= me.start)] - 1] = 0.0
+        p[label[overlapping(start, end, me.start, me.end)] - 1] = 0.0
         total = p.sum()
         return p / total if total > 0 else p
 

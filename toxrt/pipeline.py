@@ -3,12 +3,13 @@
 ``prepare(config, source)`` learns what tracking needs from a few sampled frames (background,
 animal size, identification-image size, linking gate). ``LiveTracker.step(frame)`` is the per-frame
 contract: segmentation -> linking -> live identities, looking at the current frame only, returning
-a :class:`~toxrt.types.FrameResult`. ``session.py`` runs it over a whole source.
+a :class:`~toxrt.types.FrameResult`. ``tracking.py`` runs it over a whole source.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
@@ -19,11 +20,12 @@ from .appearance import FeatureShape, identity_features
 from .config import Config
 from .errors import ToxrtError
 from .features import blob_shapes, estimate_animal_size, identification_image_size
-from .fragments import Linker
 from .identity import LiveIdentities
+from .linker import Linker
 from .live_appearance import LiveAppearance, Observation
-from .segment import SegmentationParams, Segmenter, compute_background, roi_mask_from_list, segment_sample_frames
-from .source import FrameSource
+from .roi import roi_mask_from_list
+from .segment import SegmentationParams, Segmenter, compute_background, segment_sample_frames
+from .sources.protocol import FrameSource
 from .types import Frame, FrameResult, Status
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,7 @@ class LiveTracker:
         self.segmenter = Segmenter(params, setup.background, setup.roi_mask)
         self._segmentation = (params, setup.background, setup.roi_mask)
         self.detected_ahead = 0  # frames whose blobs came with them (found by a reader thread)
-        self.linker = Linker(config.linking, setup.max_distance_px)
+        self.linker = Linker(config.linking, setup.max_distance_px, setup.number_of_animals)
         self.identities = LiveIdentities(config.identity, setup.number_of_animals)
         self.number_of_animals = setup.number_of_animals
         # Live (identity, probability) of recent fragments, least recently seen first; bounded.
@@ -110,6 +112,9 @@ class LiveTracker:
         if learn and config.appearance.live and setup.number_of_animals >= 2:
             self.learner = LiveAppearance(config.appearance, self.feature_shape, setup.number_of_animals,
                                           setup.frames_per_second, synchronous=config.appearance.live_inline)
+        # Seconds the last step spent in segmentation (0 when the reader thread detected), linking,
+        # and identities with the rest of the step (tools/bench_live.py reports them).
+        self.stage_seconds = (0.0, 0.0, 0.0)
 
     def detector(self) -> Callable[[Frame], Frame]:
         """Segmentation and features for another thread (with buffers of its own): a frame -> the
@@ -119,17 +124,15 @@ class LiveTracker:
         return lambda frame: dataclasses.replace(frame, blobs=segmenter.detect(frame.image))
 
     def step(self, frame: Frame) -> FrameResult:
+        t0 = time.perf_counter()
         if frame.blobs is not None:
             blobs = frame.blobs
             self.detected_ahead += 1
         else:
             blobs = self.segmenter.detect(frame.image)
-        if len(blobs) >= self.number_of_animals:
-            # Every animal has a blob of its own, so a large blob is a large animal, not a crossing
-            # (animals of very different sizes, such as a courting pair of spiders).
-            blobs.is_crossing[:] = False
-        link = self.linker.update(blobs)
-        blobs.is_crossing = link.is_crossing  # size-flagged or merged, as the linker decided
+        t1 = time.perf_counter()
+        link = self.linker.update(blobs)  # which blobs are crossings is the linker's decision
+        t2 = time.perf_counter()
         individual = np.flatnonzero(~link.is_crossing)
         features = model = log_proba = None
         if self.learner is not None:
@@ -158,11 +161,13 @@ class LiveTracker:
             events += [{"type": "fragment_start", "frame": frame.index, "fragment": f, "crossing": crossing[f]}
                        for f in link.started.tolist()]
             events += [{"type": "fragment_end", "frame": frame.index, "fragment": f} for f in link.ended.tolist()]
+        self.stage_seconds = (t1 - t0, t2 - t1, time.perf_counter() - t2)
         return FrameResult(
             frame_index=frame.index,
             time_s=frame.time_s,
             blobs=blobs,
             fragment=link.fragment,
+            is_crossing=link.is_crossing,
             identity=identity,
             probability=probability,
             status=status,

@@ -32,7 +32,9 @@ from typing import Any, Sequence, TextIO
 import zmq
 
 from .config import load_config
+from .config_checks import is_file_spec
 from .errors import ConfigError
+from .io.layout import SESSION_JSON
 
 NAME_PATTERN = r"[A-Za-z0-9_.-]+"
 CAMERA_KEYS = ("name", "source", "params", "publish_address", "marker_address")
@@ -97,9 +99,7 @@ def _string(values: dict, key: str, path: Path) -> str:
 
 def _resolve(source: str, base: Path) -> str:
     """Files relative to the rig file; cameras, streams and sim: as they are."""
-    if source.startswith(("camera:", "sim:")) or "://" in source:
-        return source
-    return str(base / source)
+    return str(base / source) if is_file_spec(source) else source
 
 
 def cameras_from_specs(params: str, specs: Sequence[str]) -> list[RigCamera]:
@@ -107,7 +107,7 @@ def cameras_from_specs(params: str, specs: Sequence[str]) -> list[RigCamera]:
     cameras = []
     for i, spec in enumerate(specs):
         name, sep, source = spec.partition("=")
-        if not sep or "://" in name or name.startswith(("camera:", "sim:")):
+        if not sep or not is_file_spec(name):  # "camera:0", "sim:x", "rtsp://..." have no name
             name, source = f"cam{i}", spec
         cameras.append(RigCamera(name, _resolve(source, Path.cwd()), str(Path(params).resolve())))
     return cameras
@@ -137,7 +137,7 @@ def plan_cameras(cameras: Sequence[RigCamera], output_dir: str = "", overrides: 
 
     ``extra`` are ``toxrt track`` flags given to every camera, ``overrides`` the same parsed.
     """
-    from .session import session_folder
+    from .io.layout import session_folder
 
     stamp = stamp or time.strftime("%Y%m%d_%H%M%S")
     names = [c.name for c in cameras]
@@ -232,7 +232,7 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
             refresh_s: float = 1.0, stop_timeout_s: float = 60.0) -> int:
     """Start every camera, show their status until all have ended, ``duration_s`` has passed or
     Ctrl+C / SIGTERM, then stop them. 0 when no camera failed, else 1."""
-    from .publish import TOPIC_STATUS, decode
+    from .stream.wire import TOPIC_STATUS, decode
 
     out = out or sys.stdout
     clear = "\x1b[H\x1b[J" if getattr(out, "isatty", lambda: False)() else ""
@@ -287,7 +287,7 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
 
 def _summary(session: Path) -> dict:
     try:
-        return json.loads((session / "session.json").read_text()).get("summary") or {}
+        return json.loads((session / SESSION_JSON).read_text()).get("summary") or {}
     except (OSError, ValueError):
         return {}
 

@@ -21,12 +21,12 @@ import numpy as np
 
 from .accumulation import LOW_ESTIMATED_ACCURACY
 from .config import Config
+from .fragments import build_fragment_table
 from .fusion import fuse_fragments
+from .io.atomic import atomic_open
+from .io.layout import FRAGMENT_IDENTITIES
 
 log = logging.getLogger(__name__)
-
-FRAGMENT_IDENTITIES = "fragment_identities.npz"
-
 
 @dataclass
 class SessionDecision:
@@ -59,7 +59,7 @@ def decide_identities(session, config: Config, number_of_animals: int) -> Sessio
     if images and individual.size:
         from .session_identities import identify_session
 
-        live = _live_identity_of_table(session)
+        live = build_fragment_table(session.blobs).live_identity
         result = identify_session(session, n, config.appearance, live)
         decision = SessionDecision("accumulation", result.fragment_identity(), result.estimated_accuracy(),
                                    result.accumulated_fraction(), result.graph.connectivity(n), result.seconds,
@@ -79,22 +79,14 @@ def decide_identities(session, config: Config, number_of_animals: int) -> Sessio
     return decision
 
 
-def _live_identity_of_table(session) -> np.ndarray:
-    """Live identity of each individual fragment, in the order of the fragment table (sorted ids)."""
-    from .offline.dataset import build_fragment_table
-
-    return build_fragment_table(session).live_identity
-
-
 def save_fragment_identities(folder: Path, decision: SessionDecision) -> Path:
     """``fragment_identities.npz``: fragment, identity, probability (int64, int64, float64), atomically."""
     ids = np.array(sorted(decision.identities), np.int64)
     identity = np.array([decision.identities[int(f)][0] for f in ids], np.int64)
     probability = np.array([decision.identities[int(f)][1] for f in ids], np.float64)
     path = Path(folder) / FRAGMENT_IDENTITIES
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, fragment=ids, identity=identity, probability=probability, method=np.array(decision.method))
-    tmp.replace(path)
+    with atomic_open(path) as handle:
+        np.savez(handle, fragment=ids, identity=identity, probability=probability, method=np.array(decision.method))
     return path
 
 

@@ -2,7 +2,7 @@
 
 The end of ``toxrt track`` and ``toxrt refine --method accumulation`` both call
 :func:`identify_session`: the individual fragments and their coexistence come from the blob rows
-(``offline/dataset.py``, numpy only), the identification images are read from the session's
+(``fragments.py``), the identification images are read from the session's
 image file a block at a time and turned into identity features, and the accumulation decides.
 """
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .accumulation import AccumulationResult, FragmentGraph, accumulate, spread_rows
+from .accumulation import AccumulationResult, accumulate, spread_rows
 from .appearance import FeatureShape, identity_features
 from .config import AppearanceConfig
-from .offline.dataset import FragmentTable, build_fragment_table, global_fragments
+from .errors import SessionError
+from .fragments import FragmentGraph, FragmentTable, build_fragment_table, fragment_graph
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,6 @@ class SessionIdentities:
         return float(n[self.result.accepted].sum() / n.sum()) if n.sum() else 0.0
 
 
-def fragment_graph(table: FragmentTable, blobs: np.ndarray, number_of_animals: int) -> FragmentGraph:
-    ptr, adj = table.neighbours()
-    return FragmentGraph(table.n_images, table.start, table.end, ptr, adj,
-                         global_fragments(table, blobs, number_of_animals))
-
-
 def session_features(session, table: FragmentTable, shape: FeatureShape, per_fragment: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(features float16 (R, d), fragment int64 (R,)) of up to ``per_fragment`` images per fragment.
@@ -93,13 +88,11 @@ def identify_session(session, number_of_animals: int, settings: AppearanceConfig
     identities are renumbered to agree with it as much as possible.
     """
     t0 = time.monotonic()
-    table = build_fragment_table(session)
+    table = build_fragment_table(session.blobs)
     graph = fragment_graph(table, session.blobs, number_of_animals)
     shape = FeatureShape(int(session.crop_size), settings.band_fraction)
     usable = session.has_crop[table.rows].all() if table.rows.size else True
     if not usable:
-        from .errors import SessionError
-
         raise SessionError(f"{session.session_dir}: identification images are missing for some fragments "
                            "(recorded without them, or the image file was cut short)")
     features, fragment = session_features(session, table, shape, settings.images_per_fragment)

@@ -26,7 +26,7 @@ from scipy.spatial.distance import cdist
 from .config import IdentityConfig
 
 HU_COUNT = 7
-_MAX_PAIRS_PER_BLOCK = 1 << 22  # ~16 MB of float32 per temporary in the fusion's Sim matrix
+MAX_PAIRS_PER_BLOCK = 1 << 22  # ~16 MB of float32 per temporary in the fusion's Sim matrix
 
 
 def standardise_histograms(histogram: np.ndarray) -> np.ndarray:
@@ -56,7 +56,7 @@ def shape_code(hu: np.ndarray) -> np.ndarray:
     return code
 
 
-def _level_table(cfg: IdentityConfig) -> np.ndarray:
+def level_weights(cfg: IdentityConfig) -> np.ndarray:
     """Gaussian weight of each correlation level, prefixed with 0 for negative correlations."""
     levels = cfg.correlation_levels
     mids = (np.arange(levels) + 0.5) / levels
@@ -117,9 +117,9 @@ def _row_products(za, zb):  # pragma: no cover - compiled
     return out
 
 
-def _similarity_batched(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
-                        zb: np.ndarray, cb: np.ndarray, offsets_b: np.ndarray,
-                        cfg: IdentityConfig, table: np.ndarray, small: bool = False) -> np.ndarray:
+def group_similarity(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
+                     zb: np.ndarray, cb: np.ndarray, offsets_b: np.ndarray,
+                     cfg: IdentityConfig, table: np.ndarray, small: bool = False) -> np.ndarray:
     """Same as :func:`_similarity_flat`, with the pair reduction compiled (the hot loop of both the
     live decisions and the fusion). ``small`` computes the correlations without BLAS."""
     corr = _row_products(za, zb) if small else za @ zb.T
@@ -150,7 +150,7 @@ def _similarity_flat(za: np.ndarray, ca: np.ndarray, offsets_a: np.ndarray,
     return np.maximum(amplitude, 0.0) * weight_sum / pairs
 
 
-def _check_samples(name: str, hist: np.ndarray, hu: np.ndarray) -> None:
+def check_samples(name: str, hist: np.ndarray, hu: np.ndarray) -> None:
     if hist.ndim != 2 or hu.shape != (hist.shape[0], HU_COUNT):
         raise ValueError(f"{name}: expected histograms (k, bins) and hu (k, 7), got {hist.shape} and {hu.shape}")
 
@@ -163,8 +163,8 @@ def fragment_similarity(hist_a: np.ndarray, hu_a: np.ndarray, hist_b: np.ndarray
     """
     hist_a, hist_b = np.asarray(hist_a), np.asarray(hist_b)
     hu_a, hu_b = np.asarray(hu_a), np.asarray(hu_b)
-    _check_samples("a", hist_a, hu_a)
-    _check_samples("b", hist_b, hu_b)
+    check_samples("a", hist_a, hu_a)
+    check_samples("b", hist_b, hu_b)
     if hist_a.shape[1] != hist_b.shape[1]:
         raise ValueError(f"histogram bins differ: {hist_a.shape[1]} vs {hist_b.shape[1]}")
     k, m = hist_a.shape[0], hist_b.shape[0]
@@ -172,11 +172,11 @@ def fragment_similarity(hist_a: np.ndarray, hu_a: np.ndarray, hist_b: np.ndarray
         return 0.0
     sim = _similarity_flat(standardise_histograms(hist_a), shape_code(hu_a), np.array([0, k]),
                            standardise_histograms(hist_b), shape_code(hu_b), np.array([0, m]),
-                           cfg, _level_table(cfg))
+                           cfg, level_weights(cfg))
     return float(sim[0, 0])
 
 
-def _share(chosen: np.ndarray, total: np.ndarray) -> np.ndarray:
+def share(chosen: np.ndarray, total: np.ndarray) -> np.ndarray:
     """chosen / total, 0 where total is 0: the identity probability used throughout."""
     out = np.zeros(np.shape(chosen), np.float64)
     np.divide(chosen, total, out=out, where=total > 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -17,7 +18,10 @@ class Status(enum.IntEnum):
     MEASURED = 0  # an individual blob matched to the animal's fragment
     PREDICTED = 1  # no blob this frame; the Kalman prediction stands in
     CROSSING = 2  # the animal is inside a blob that holds several animals
-    LOST = 3  # not seen for longer than the prediction is trusted
+
+
+STATUS_NAMES = {int(s): s.name.lower() for s in Status}  # 0 measured, 1 predicted, 2 crossing
+MISSING_STATUS = -1  # the status of a (frame, animal) cell without a position in the trajectory files
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class Blobs:
     hu          float64 (n, 7)  Hu moment invariants of the blob's masked grey image
     histogram   float32 (n, bins) intensity histogram of the blob's pixels, sums to 1
     crop        uint8   (n, s, s) identification image: background set to 0, main axis horizontal
-    is_crossing bool    (n,)    the blob holds more than one animal
+    oversized   bool    (n,)    larger than ``crossing_area_ratio`` single animals: maybe several
+                                (the linker decides what is a crossing: ``LinkResult.is_crossing``)
+
+    Made by segmentation and never changed afterwards.
     """
 
     centroid: np.ndarray
@@ -51,7 +58,7 @@ class Blobs:
     hu: np.ndarray
     histogram: np.ndarray
     crop: np.ndarray
-    is_crossing: np.ndarray
+    oversized: np.ndarray
 
     def __len__(self) -> int:
         return int(self.area.shape[0])
@@ -66,14 +73,14 @@ class Blobs:
             hu=np.zeros((0, 7)),
             histogram=np.zeros((0, histogram_bins), np.float32),
             crop=np.zeros((0, crop_size, crop_size), np.uint8),
-            is_crossing=np.zeros(0, bool),
+            oversized=np.zeros(0, bool),
         )
 
     def subset(self, keep: np.ndarray) -> "Blobs":
         return Blobs(*(getattr(self, name)[keep] for name in BLOB_FIELDS))
 
 
-BLOB_FIELDS = ("centroid", "area", "orientation", "bbox", "hu", "histogram", "crop", "is_crossing")
+BLOB_FIELDS = ("centroid", "area", "orientation", "bbox", "hu", "histogram", "crop", "oversized")
 
 
 @dataclass
@@ -81,6 +88,7 @@ class FrameResult:
     """What the live stage knows after one frame, one row per blob.
 
     fragment    int64   (n,) fragment id of each blob (crossing blobs have their own fragments)
+    is_crossing bool    (n,) the blob's fragment is a crossing (several animals), as the linker decided
     identity    int32   (n,) 1..N, 0 while undecided or for crossing blobs
     probability float32 (n,) the identity's probability, 0 when identity is 0
     status      uint8   (n,) Status of each blob's position
@@ -90,6 +98,7 @@ class FrameResult:
     time_s: float
     blobs: Blobs
     fragment: np.ndarray
+    is_crossing: np.ndarray
     identity: np.ndarray
     probability: np.ndarray
     status: np.ndarray
@@ -108,18 +117,32 @@ class FrameResult:
 class IdentityEvent:
     """A live identity decision or revision of one fragment."""
 
-    frame_index: int
+    frame: int
     fragment: int
     old_identity: int  # 0 when the fragment had none
     new_identity: int
     probability: float
 
     def as_event(self) -> dict:
-        """The event as a plain dict, one schema for events.jsonl and the ``event`` topic alike:
-        ``type = "identity"`` and ``frame`` (as every other event), not the field name ``frame_index``."""
-        return {"type": "identity", "frame": self.frame_index, "fragment": self.fragment,
+        """The event as a plain dict (see :func:`event_dict`), ``type = "identity"``."""
+        return {"type": "identity", "frame": self.frame, "fragment": self.fragment,
                 "old_identity": self.old_identity, "new_identity": self.new_identity,
                 "probability": self.probability}
+
+
+def event_dict(event: IdentityEvent | Mapping[str, Any]) -> dict:
+    """An event as events.jsonl records it and the ``event`` topic sends it: one schema for both.
+
+    Every event is a plain dict with a ``type`` and, where it concerns a frame, the key ``frame``:
+    an :class:`IdentityEvent` becomes ``type = "identity"``; a dict must already have a ``type``.
+    """
+    if isinstance(event, IdentityEvent):
+        return event.as_event()
+    if isinstance(event, Mapping):
+        if "type" not in event:
+            raise ValueError(f"an event dict needs a 'type' key, got keys {sorted(event)}")
+        return dict(event)
+    raise TypeError(f"an event must be a dict or an IdentityEvent, got {type(event).__name__}")
 
 
 # One row per blob per frame, as recorded in a session (see recording.py).
@@ -137,7 +160,7 @@ BLOB_RECORD_DTYPE = np.dtype([
     ("is_crossing", "?"),
 ])
 
-# One row per fragment once it has ended (see fragments.py and recording.py).
+# One row per fragment, derived from the blob rows (fragments.derive_fragments).
 # Fragments coexist when their [start, end] frame intervals overlap.
 FRAGMENT_RECORD_DTYPE = np.dtype([
     ("fragment", "i8"),
@@ -163,5 +186,5 @@ def blob_records(result: FrameResult) -> np.ndarray:
     rows["identity"] = result.identity
     rows["status"] = result.status
     rows["probability"] = result.probability
-    rows["is_crossing"] = result.blobs.is_crossing
+    rows["is_crossing"] = result.is_crossing
     return rows

@@ -64,7 +64,7 @@ def align_clusters(cluster: np.ndarray, live: np.ndarray, k: int) -> np.ndarray:
     return mapping
 
 
-class _Assigner:
+class Assigner:
     """Identity bookkeeping: what each fragment has and which identities its neighbours hold."""
 
     def __init__(self, p1: np.ndarray, ptr: np.ndarray, adj: np.ndarray) -> None:
@@ -96,14 +96,14 @@ def assign_fragments(p1: np.ndarray, n_images: np.ndarray, ptr: np.ndarray, adj:
     p1 (F, N) fragment probabilities; n_images (F,); coexistence as CSR (ptr, adj), see
     ``FragmentTable.neighbours``; global_sets int (G, N) table indices, best first.
     """
-    state = _Assigner(p1, ptr, adj)
+    state = Assigner(p1, ptr, adj)
     for members in global_sets:
-        _accept_global_fragment(state, members)
+        accept_global_fragment(state, members)
     _residual(state, n_images)
     return state.identity, state.probability
 
 
-def _accept_global_fragment(state: _Assigner, members: np.ndarray) -> None:
+def accept_global_fragment(state: Assigner, members: np.ndarray) -> None:
     """Give a global fragment's free fragments their identities if they are unique and consistent."""
     todo = members[state.identity[members] == 0]
     if todo.size == 0:
@@ -125,7 +125,7 @@ def _certainty(p2: np.ndarray, n: int) -> float:
     return float((top2[1] - top2[0]) * np.sqrt(n))
 
 
-def _residual(state: _Assigner, n_images: np.ndarray) -> None:
+def _residual(state: Assigner, n_images: np.ndarray) -> None:
     """Most certain unidentified fragment first; neighbours re-rank lazily when an identity is taken."""
     heap: list[tuple[float, int, int]] = []
     version = np.zeros(state.p1.shape[0], np.int64)

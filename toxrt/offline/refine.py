@@ -9,13 +9,14 @@ Stages, each a function call (Torrents et al. 2025, Appendix 2):
 4. image identity probabilities (inverse 7th power of the distance to each centre), one identity
    per fragment, coexisting fragments never sharing one (``assign``);
 5. trajectories with crossing gaps filled from the identities before and after
-   (``toxrt.output.assemble``), written like the live ones; the live result is kept
+   (``toxrt.trajectories.assemble``), written like the live ones; the live result is kept
    as ``trajectories_live.npy``.
 
-Usage::
+Usage (the settings are the ``[refine]`` table of the configuration, ``toxrt.config.RefineConfig``)::
 
-    from toxrt.offline.refine import RefineOptions, refine_session
-    summary = refine_session(Path("out/session_x"), RefineOptions(network="small"))
+    from toxrt.config import RefineConfig
+    from toxrt.offline.refine import refine_session
+    summary = refine_session(Path("out/session_x"), RefineConfig(method="contrastive", network="small"))
     print("\\n".join(summary.summary_lines()))
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,128 +33,55 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..config import AppearanceConfig, RefineConfig, build_config, config_to_dict, merge_dotted
 from ..errors import ConfigError, SessionError
+from ..fragments import FragmentTable, build_fragment_table, global_fragments
+from ..io.atomic import atomic_open, write_text_atomic
+from ..io.layout import FRAGMENT_IDENTITIES, OFFLINE_DIR, TRAJECTORIES_DIR
+from ..io.session_reader import load_session_config
 from . import assign, cluster
-from .dataset import (FragmentTable, ImageLoader, SessionLike, build_fragment_table, check_session,
-                      global_fragments, live_identities_from_trajectories, trainable)
+from .dataset import ImageLoader, SessionLike, check_session, trainable
 
 log = logging.getLogger(__name__)
 
-OFFLINE_DIR = "offline"
 LOW_CONNECTIVITY = 0.25  # paper: below 0.25 (N - 1) coexisting fragments per fragment, expect errors
 # Below this silhouette the clusters overlap: on zebrafish14 the small network ended at 0.44 and made
 # the identities worse than live (75 -> 71 % solo), resnet18 reached 0.53 and 91 % (docs/offline.md)
 LOW_SILHOUETTE = 0.5
 
 
-@dataclass(frozen=True)
-class RefineOptions:
-    """Settings of the offline refinement; the defaults follow the paper, tuned for CPU speed."""
+def resolved(cfg: RefineConfig, device_type: str, number_of_animals: int) -> RefineConfig:
+    """``cfg`` with every ``auto`` / 0 / -1 value replaced by its value for ``device_type`` (docs/offline.md)."""
+    gpu = device_type == "cuda"
+    n = max(int(number_of_animals), 1)
+    auto = {
+        "network": ("auto", "resnet18" if gpu else "small"),
+        "batch_pairs": (0, 400 if gpu else 100),
+        "max_batches": (0, 15000 if gpu else 3000),
+        "eval_every": (0, max(100, 5 * n) if gpu else 25),
+        "patience": (0, 30 if gpu else 8),
+        "min_batches": (-1, 0 if gpu else 500),
+        "time_budget_s": (-1.0, 0.0 if gpu else 600.0),
+        "min_improvement": (-1.0, 0.0 if gpu else 0.01),
+        "silhouette_images": (0, (1000 if gpu else 250) * n),
+    }
+    changes = {key: value for key, (unset, value) in auto.items() if getattr(cfg, key) == unset}
+    return dataclasses.replace(cfg, **changes)
 
-    method: str = "accumulation"
-    """``accumulation``: the appearance model learned by accumulation (``toxrt.accumulation``, no
-    torch, seconds on a CPU; its settings are the session's ``[appearance]`` table); or
-    ``contrastive``: idtracker.ai v6's contrastive network + K-means, for a GPU, a long time budget,
-    or a video without any frame that shows every animal apart."""
-    device: str = "auto"
-    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda``."""
-    image_size: int = 32
-    """Side in pixels the identification images are resized to (32 trains ~2x faster than 40)."""
-    network: str = "auto"
-    """``resnet18`` (the paper's, 11.17 M parameters), ``small`` (a 0.1 M CNN, ~4x faster per batch on a
-    CPU) or ``auto``: small on a CPU, resnet18 on a GPU."""
-    batch_pairs: int = 0
-    """Positive pairs per batch, as many negative pairs; 0 = auto: 100 on a CPU (400 images: per image
-    ~1.7x cheaper than the paper's 1600), 400 on a GPU (the paper's 400 + 400 = 1600 images)."""
-    max_batches: int = 0
-    """Hard limit on training batches (a resumed run continues up to this); 0 = auto: 3000 on a CPU,
-    15000 on a GPU."""
-    eval_every: int = 0
-    """Batches between silhouette evaluations; 0 = auto: 25 on a CPU, max(100, 5 N) on a GPU (paper)."""
-    patience: int = 0
-    """Stop after this many evaluations without a better silhouette; 0 = auto: 4 on a CPU, 30 on a GPU."""
-    target_patience: int = 2
-    """... or after this many once the silhouette reached ``silhouette_target``."""
-    silhouette_target: float = 0.91
-    """Silhouette at which training may stop early (paper: 0.91 ~ < 1 % image error)."""
-    min_improvement: float = -1.0
-    """A silhouette counts as better only when it beats the best by more than this; -1 = auto: 0.01
-    on a CPU (stops on a plateau), 0 on a GPU (paper)."""
-    silhouette_images: int = 0
-    """Images clustered at each evaluation; 0 = auto: 250 N on a CPU, 1000 N on a GPU (paper)."""
-    images_per_fragment: int = 0
-    """Training samples at most this many evenly spaced images of each fragment; 0 = all."""
-    alpha: float = 0.5
-    """Weight of size-based against loss-based fragment-pair sampling."""
-    learning_rate: float = 1e-3
-    """Adam learning rate (paper: 1e-3)."""
-    seed: int = 0
-    """Seeds training, sampling and K-means: equal seeds and threads give equal results."""
-    threads: int = 0
-    """torch intra-op threads; 0 = one per core."""
-    bf16: str = "auto"
-    """bf16 inference for embedding: ``auto`` (when the CPU has AMX), ``on`` or ``off``."""
-    checkpoint: str = ""
-    """Checkpoint file; empty = ``<session>/offline/checkpoint.pt``. An existing one is resumed."""
-    resume: bool = True
-    """Resume from an existing checkpoint made with the same settings; False starts afresh."""
-    max_crossing_gap: int = 0
-    """Longest crossing (frames) filled from the identities around it; 0 = 2 s at the session fps."""
-    min_batches: int = -1
-    """Contrastive: batches before the silhouette may stop training or choose the kept model; -1 =
-    auto: 500 on a CPU (on zebrafish14 the silhouette peaked at batch 25 while the identities kept
-    improving until batch 300 and beyond), 0 on a GPU."""
-    time_budget_s: float = -1.0
-    """Contrastive: stop after this many seconds with the best model so far; 0 = none; -1 = auto:
-    600 on a CPU, none on a GPU."""
 
-    def resolved(self, device_type: str, number_of_animals: int) -> "RefineOptions":
-        """These options with every ``auto`` / 0 default replaced by its value for ``device_type``."""
-        gpu = device_type == "cuda"
-        n = max(int(number_of_animals), 1)
-        auto = {
-            "network": ("auto", "resnet18" if gpu else "small"),
-            "batch_pairs": (0, 400 if gpu else 100),
-            "max_batches": (0, 15000 if gpu else 3000),
-            "eval_every": (0, max(100, 5 * n) if gpu else 25),
-            "patience": (0, 30 if gpu else 8),
-            "min_batches": (-1, 0 if gpu else 500),
-            "time_budget_s": (-1.0, 0.0 if gpu else 600.0),
-            "min_improvement": (-1.0, 0.0 if gpu else 0.01),
-            "silhouette_images": (0, (1000 if gpu else 250) * n),
-        }
-        changes = {key: value for key, (unset, value) in auto.items() if getattr(self, key) == unset}
-        return dataclasses.replace(self, **changes)
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("method", self.method in ("accumulation", "contrastive"), "accumulation or contrastive"),
-            ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
-            ("min_batches", self.min_batches >= -1, "-1 (auto) or 0 or more"),
-            ("time_budget_s", self.time_budget_s == -1.0 or 0.0 <= self.time_budget_s <= 1e7,
-             "-1 (auto), 0 (none) or seconds"),
-            ("image_size", 8 <= self.image_size <= 256, "8..256"),
-            ("network", self.network in ("auto", "resnet18", "small"), "auto, resnet18 or small"),
-            ("batch_pairs", self.batch_pairs >= 0, "0 (auto) or more"),
-            ("max_batches", self.max_batches >= 0, "0 (auto) or more"),
-            ("eval_every", self.eval_every >= 0, "0 (auto) or more"),
-            ("patience", self.patience >= 0, "0 (auto) or more"),
-            ("min_improvement", self.min_improvement == -1.0 or 0.0 <= self.min_improvement < 1.0,
-             "-1 (auto) or in [0, 1)"),
-            ("target_patience", self.target_patience >= 1, "1 or more"),
-            ("silhouette_target", -1.0 <= self.silhouette_target <= 1.0, "in [-1, 1]"),
-            ("silhouette_images", self.silhouette_images >= 0, "0 or more"),
-            ("images_per_fragment", self.images_per_fragment == 0 or self.images_per_fragment >= 2,
-             "0 (all) or 2 or more"),
-            ("alpha", 0.0 <= self.alpha <= 1.0, "in [0, 1]"),
-            ("learning_rate", self.learning_rate > 0, "positive"),
-            ("threads", self.threads >= 0, "0 or more"),
-            ("bf16", self.bf16 in ("auto", "on", "off"), "auto, on or off"),
-            ("max_crossing_gap", self.max_crossing_gap >= 0, "0 or more"),
-        ]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"refine option {key}: {getattr(self, key)!r} is out of range ({why})")
+def refine_config(session_dir: Path, overrides: dict[str, Any] | None = None) -> RefineConfig:
+    """The ``[refine]`` table of a session's parameters.toml, with ``overrides`` (keys of the table, as
+    ``toxrt refine SESSION --max_batches 100`` gives them) applied and checked. A parameters.toml that
+    does not load (written by another version) is left aside with a warning: the defaults apply."""
+    try:
+        values = config_to_dict(load_session_config(session_dir))
+    except ConfigError as exc:
+        log.warning("%s: its parameters.toml is not usable here (%s); the default [refine] settings apply",
+                    session_dir, exc)
+        values = {}
+    for key, value in (overrides or {}).items():
+        merge_dotted(values, f"refine.{key}", value)
+    return build_config(values).refine
 
 
 @dataclass
@@ -240,25 +167,19 @@ class RefineSummary:
         return lines
 
 
-def refine(session: SessionLike, options: RefineOptions, where: str = "session",
+def refine(session: SessionLike, cfg: RefineConfig, where: str = "session",
            checkpoint: Path | None = None, progress: bool = True,
-           live_trajectories: np.ndarray | None = None,
            live_fragment_identities: dict[int, tuple[int, float]] | None = None) -> RefineResult:
     """Refine the identities of a loaded session (duck-typed, see ``dataset``); writes only the checkpoint.
 
     The live identity of each fragment (K-means start, numbering, changes counted) is the one the end
-    of the session decided (``live_fragment_identities``, from ``fragment_identities.npz``); for
-    older sessions the one it has in ``live_trajectories`` float (T, N, 2); else the recorded per-row
-    decision.
+    of the session decided (``live_fragment_identities``, from ``fragment_identities.npz``); for a
+    session without that file, the per-row decision recorded when the fragment ended.
     """
     n = check_session(session, where)
-    table = build_fragment_table(session)
+    table = build_fragment_table(session.blobs)
     if live_fragment_identities and len(table):  # what the end of the session decided (session_end.py)
         final = np.array([live_fragment_identities.get(int(f), (0, 0.0))[0] for f in table.ids], np.int32)
-        table = dataclasses.replace(table, live_identity=np.where(final > 0, final, table.live_identity)
-                                    .astype(np.int32))
-    elif live_trajectories is not None and len(table):
-        final = live_identities_from_trajectories(table, session.blobs, live_trajectories)
         table = dataclasses.replace(table, live_identity=np.where(final > 0, final, table.live_identity)
                                     .astype(np.int32))
     if len(table) == 0:
@@ -274,10 +195,10 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
                              float("nan"), connectivity, warnings=warnings)
     if n < 2:  # one animal: nobody to tell apart
         return keep_live
-    if options.method == "accumulation":
+    if cfg.method == "accumulation":
         return _refine_by_accumulation(session, table, n, warnings)
     # torch is loaded here, not at import: ``import toxrt.offline.refine`` stays light
-    from .train import TrainSettings, cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
+    from .train import cpu_has_amx, embed, resolve_device, torch_threads, train_embedding
 
     trainable_pairs = trainable(table)[table.pairs].all(axis=1).sum() if len(table.pairs) else 0
     if n < 2 or trainable_pairs == 0 or trainable(table).sum() < n:
@@ -287,15 +208,14 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
             log.warning(w)
         return keep_live
 
-    device = resolve_device(options.device)
-    options = options.resolved(device.type, n)
+    device = resolve_device(cfg.device)
+    cfg = resolved(cfg, device.type, n)
     log.info("refining on %s: network %s, %d px, %d pairs per batch, silhouette every %d batches",
-             device, options.network, options.image_size, options.batch_pairs, options.eval_every)
-    bf16 = options.bf16 == "on" or (options.bf16 == "auto" and device.type == "cpu" and cpu_has_amx())
-    loader = ImageLoader(session, options.image_size)
-    settings = TrainSettings(**{f.name: getattr(options, f.name) for f in dataclasses.fields(TrainSettings)})
-    with torch_threads(options.threads or (os.cpu_count() or 1)):
-        trained = train_embedding(table, loader, n, settings, device, checkpoint, progress, bf16)
+             device, cfg.network, cfg.image_size, cfg.batch_pairs, cfg.eval_every)
+    bf16 = cfg.bf16 == "on" or (cfg.bf16 == "auto" and device.type == "cpu" and cpu_has_amx())
+    loader = ImageLoader(session, cfg.image_size)
+    with torch_threads(cfg.threads or (os.cpu_count() or 1)):
+        trained = train_embedding(table, loader, n, cfg, device, checkpoint, progress, bf16)
         log.info("embedding all %d individual images", table.rows.shape[0])
         z = embed(trained.model, loader, table.rows, device, bf16=bf16)
     if not np.isfinite(z).all():
@@ -308,7 +228,7 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
     init = cluster.group_centers(z, frag_of_image_to_group(frag_of_image, sets[0]), n) if len(sets) else None
     if init is None:
         init = cluster.group_centers(z, table.live_identity[frag_of_image], n)
-    centers, labels = cluster.kmeans(z, n, init, options.seed)
+    centers, labels = cluster.kmeans(z, n, init, cfg.seed)
     # keep the live numbering: cluster j -> the live identity most of its images carry
     mapping = assign.align_clusters(labels, table.live_identity[frag_of_image], n)
     order = np.argsort(mapping)  # column i of the reordered probabilities is identity i + 1
@@ -318,9 +238,9 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
     conflicts = assign.shares_identity_with_coexisting(identity, table.pairs)
     if conflicts:  # cannot happen by construction; checked because clients rely on it
         raise RuntimeError(f"{conflicts} coexisting fragment pairs share an identity")
-    sil = cluster.silhouette(z, labels, max_samples=10000, seed=options.seed)
+    sil = cluster.silhouette(z, labels, max_samples=10000, seed=cfg.seed)
     if sil < LOW_SILHOUETTE:
-        hint = " (try network=resnet18)" if options.network == "small" else ""
+        hint = " (try network=resnet18)" if cfg.network == "small" else ""
         warnings.append(f"silhouette {sil:.2f} < {LOW_SILHOUETTE}: the animals' images are poorly separated; "
                         f"the refined identities may be worse than the live ones{hint}")
     if trained.interrupted:
@@ -333,7 +253,6 @@ def refine(session: SessionLike, options: RefineOptions, where: str = "session",
 
 def _refine_by_accumulation(session: SessionLike, table: FragmentTable, n: int, warnings: list[str]) -> RefineResult:
     """The appearance model by accumulation, with the session's own ``[appearance]`` settings."""
-    from ..config import AppearanceConfig, build_config
     from ..session_identities import identify_session
 
     try:
@@ -358,8 +277,10 @@ def frag_of_image_to_group(frag_of_image: np.ndarray, members: np.ndarray) -> np
     return group
 
 
-def refine_session(session_dir: Path, options: RefineOptions, progress: bool = True) -> RefineSummary:
+def refine_session(session_dir: Path, cfg: RefineConfig | None = None, progress: bool = True) -> RefineSummary:
     """Refine a recorded session folder and write the refined trajectories next to the live ones.
+
+    ``cfg`` defaults to the ``[refine]`` table of the session's parameters.toml (:func:`refine_config`).
 
     Writes ``trajectories/trajectories.npy`` (+ csv/h5 as the session's parameters ask) with the
     quality measures added to the dict, keeps the live file as ``trajectories_live.npy``, and
@@ -367,23 +288,23 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     holds the best model).
     Raises SessionError (one line) for a folder that is not a readable session with images.
     """
-    from ..output import assemble, trajectories_dict, write_trajectories
+    from ..io.session_reader import load_session
+    from ..io.trajectory_files import trajectories_dict, write_npy, write_trajectories
     from ..session_end import load_fragment_identities
-    from ..session_reader import load_session
+    from ..trajectories import assemble
 
     t0 = time.monotonic()
     folder = Path(session_dir)
     session = load_session(folder)
-    checkpoint = Path(options.checkpoint) if options.checkpoint else folder / OFFLINE_DIR / "checkpoint.pt"
-    if not options.resume and checkpoint.exists():
+    cfg = refine_config(folder) if cfg is None else cfg
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else folder / OFFLINE_DIR / "checkpoint.pt"
+    if not cfg.resume and checkpoint.exists():
         checkpoint.unlink()
-    decided = load_fragment_identities(folder)
-    result = refine(session, options, str(folder), checkpoint, progress,
-                    None if decided else _live_trajectories(folder), decided)
+    result = refine(session, cfg, str(folder), checkpoint, progress, load_fragment_identities(folder))
 
     n = result.number_of_animals
     fps = float(session.meta.get("frames_per_second", session.meta.get("fps", 25.0)) or 25.0)
-    gap = options.max_crossing_gap or max(1, int(round(2 * fps)))
+    gap = cfg.max_crossing_gap or max(1, int(round(2 * fps)))
     out = assemble(session.blobs, result.fragment_identity(), int(session.n_frames), n, max_crossing_gap=gap)
     fragments_changed, images_changed = result.changes()
     summary = RefineSummary(
@@ -394,7 +315,7 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
         images_changed=images_changed, batches=result.batches, resumed_from=result.resumed_from,
         interrupted=result.interrupted, seconds=time.monotonic() - t0, warnings=list(result.warnings))
 
-    out_dir = folder / "trajectories"
+    out_dir = folder / TRAJECTORIES_DIR
     _keep_live(out_dir)
     meta = dict(session.meta)
     meta.update(body_length=session.meta.get("body_length_px"), version=__version__, source="toxrt-refined")
@@ -406,39 +327,10 @@ def refine_session(session_dir: Path, options: RefineOptions, progress: bool = T
     # the npy dict also carries toxrt's own refinement keys
     data = trajectories_dict(out.trajectories, out.id_probabilities, out.status, meta, out.areas, quality)
     data.update(fraction_images_identified=summary.fraction_identified, refine_status=summary.status)
-    _save_npy(out_dir / "trajectories.npy", data)
+    write_npy(out_dir / "trajectories.npy", data)
     summary.outputs = [str(p) for p in written]
     _store(folder, summary, result)
     return summary
-
-
-def _live_trajectories(folder: Path) -> np.ndarray | None:
-    """float (T, N, 2) of the live output (kept or not yet renamed), None when there is none.
-
-    Read from the pickle-free ``.npz`` twin of the idtracker.ai-style npy: never ``allow_pickle``,
-    so a crafted file in a shared session folder cannot run code here.
-    """
-    from ..output import read_plain_npz
-
-    out = folder / "trajectories"
-    for name in ("trajectories_live.npz", "trajectories.npz"):
-        path = out / name
-        if not path.exists():
-            continue
-        try:
-            data = read_plain_npz(path)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            log.warning("%s: unreadable live trajectories (%s); using the recorded live identities", path, exc)
-            return None
-        if str(data.get("source", "")) != "toxrt-refined" and "trajectories" in data:
-            trajectories = data["trajectories"]
-            if trajectories.ndim == 3 and trajectories.shape[2] == 2 and trajectories.dtype.kind == "f":
-                return trajectories.astype(np.float64)
-            log.warning("%s: trajectories of shape %s ignored", path, trajectories.shape)
-    if (out / "trajectories.npy").exists() or (out / "trajectories_live.npy").exists():
-        log.warning("%s: no trajectories.npz next to the npy (an older session); the npy is not read "
-                    "(it would need unpickling); using the recorded live identities", out)
-    return None
 
 
 def _keep_live(out_dir: Path) -> None:
@@ -454,22 +346,14 @@ def _keep_live(out_dir: Path) -> None:
         log.warning("%s: no live trajectories to keep", out_dir)
 
 
-def _save_npy(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        np.save(handle, data, allow_pickle=True)
-    os.replace(tmp, path)
-
-
 def _store(folder: Path, summary: RefineSummary, result: RefineResult) -> None:
-    """offline/refine_summary.json (atomically) and offline/fragment_identities.npz."""
+    """offline/refine_summary.json and offline/fragment_identities.npz, each written atomically."""
     out = folder / OFFLINE_DIR
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "refine_summary.json.tmp"
-    tmp.write_text(json.dumps(summary.as_dict(), indent=2, default=float))
-    os.replace(tmp, out / "refine_summary.json")
-    np.savez(out / "fragment_identities.npz", fragment=result.table.ids, identity=result.identity,
-             probability=result.probability, live_identity=result.table.live_identity)
+    write_text_atomic(out / "refine_summary.json", json.dumps(summary.as_dict(), indent=2, default=float))
+    with atomic_open(out / FRAGMENT_IDENTITIES) as handle:
+        np.savez(handle, fragment=result.table.ids, identity=result.identity, probability=result.probability,
+                 live_identity=result.table.live_identity)
 
 
-__all__ = ["RefineOptions", "RefineResult", "RefineSummary", "refine", "refine_session"]
+__all__ = ["RefineResult", "RefineSummary", "refine", "refine_config", "refine_session", "resolved"]

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .dataset import MIN_TRAINING_IMAGES, FragmentTable
+from ..fragments import FragmentTable
+from .dataset import MIN_TRAINING_IMAGES
 
 
 @dataclass(frozen=True)

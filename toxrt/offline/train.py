@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..config import RefineConfig
+from ..fragments import FragmentTable
+from ..io.atomic import atomic_path
 from . import cluster
-from .dataset import FragmentTable, ImageLoader
+from .dataset import ImageLoader
 from .loss import D_NEG, D_POS, contrastive_loss, pair_distances
 from .model import build_model
 from .sampler import PairSampler
@@ -33,28 +35,6 @@ from .sampler import PairSampler
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "toxrt-refine-checkpoint-1"
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """What training needs from RefineOptions (see refine.RefineOptions for each field)."""
-
-    network: str = "resnet18"
-    image_size: int = 32
-    batch_pairs: int = 400
-    max_batches: int = 15000
-    eval_every: int = 0
-    patience: int = 30
-    target_patience: int = 2
-    silhouette_target: float = 0.91
-    min_improvement: float = 0.0
-    silhouette_images: int = 0
-    images_per_fragment: int = 0
-    alpha: float = 0.5
-    learning_rate: float = 1e-3
-    seed: int = 0
-    min_batches: int = 0
-    time_budget_s: float = 0.0
 
 
 class SilhouetteStopper:
@@ -177,9 +157,12 @@ class Evaluator:
 
 
 def train_embedding(table: FragmentTable, loader: ImageLoader, number_of_animals: int,
-                    settings: TrainSettings, device: torch.device, checkpoint: Path | None = None,
+                    settings: RefineConfig, device: torch.device, checkpoint: Path | None = None,
                     progress: bool = True, bf16_inference: bool = False) -> TrainResult:
-    """Train the embedding network on the session's fragments; see the module docstring."""
+    """Train the embedding network on the session's fragments; see the module docstring.
+
+    ``settings``: the ``[refine]`` table with its automatic values resolved (``refine.resolved``).
+    """
     t0 = time.monotonic()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -280,7 +263,7 @@ def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sample
     return float(per_pair.mean())
 
 
-def _fingerprint(settings: TrainSettings, table: FragmentTable) -> dict[str, Any]:
+def _fingerprint(settings: RefineConfig, table: FragmentTable) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed (max_batches may grow between runs)."""
     keys = ("network", "image_size", "batch_pairs", "eval_every", "images_per_fragment", "alpha",
             "learning_rate", "seed", "silhouette_images")
@@ -298,9 +281,8 @@ def _save_checkpoint(path: Path, fingerprint: dict[str, Any], model: torch.nn.Mo
              "batches": result.batches, "history": result.history, "finished": finished}
     state = _weights_only(state)  # loadable with torch.load(weights_only=True): no pickled code
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _weights_only(value: Any) -> Any:
