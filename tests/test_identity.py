@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from toxrt.appearance import ModelSnapshot
 from toxrt.config import IdentityConfig, build_config
 from toxrt.errors import ConfigError
 from toxrt.fragments import complete_groups
@@ -282,6 +283,60 @@ def test_revision_fixes_a_swapped_decision_and_records_it():
     assert ids.tolist() == [1, 2, 3]
     changes = {(e.fragment, e.old_identity, e.new_identity) for e in events}
     assert {(3, 0, 2), (4, 0, 1), (3, 2, 1), (4, 1, 2)} <= changes
+
+
+# --- decisions by the session's appearance model -----------------------------------------------
+
+def two_animal_model() -> ModelSnapshot:
+    """Identity 1 looks like feature +x, identity 2 like -x: one image at x = +-0.3 gives log-odds 1.2."""
+    return ModelSnapshot(np.array([1, 2]), np.array([[1.0, 0.0], [-1.0, 0.0]], np.float32),
+                         np.zeros(2, np.float32), 2)
+
+
+def looks(animals: list[int], rng: np.random.Generator) -> np.ndarray:
+    """Identity features of images of animals 0 (+x) and 1 (-x), with noise: float32 (k, 2)."""
+    return (np.array([[0.3 if a == 0 else -0.3, 0.0] for a in animals])
+            + rng.normal(0.0, 0.3, (len(animals), 2))).astype(np.float32)
+
+
+def model_step(live: LiveIdentities, t: int, ids: list[int], animals: list[int], rng: np.random.Generator,
+               model: ModelSnapshot, ended=()):
+    app = make_appearance(2, np.random.default_rng(0))  # the histograms do not matter once a model decides
+    hist, hu = zip(*(app.sample(a, rng) for a in animals)) if animals else ((np.zeros((0, BINS)),), (np.zeros((0, 7)),))
+    return live.update(t, np.array(ids, np.int64), np.zeros(len(ids), bool), np.concatenate(hist),
+                       np.concatenate(hu), np.array(ended, np.int64), model, looks(animals, rng))
+
+
+def test_a_new_fragment_does_not_inherit_the_evidence_of_its_slot():
+    rng = np.random.default_rng(11)
+    live, model = LiveIdentities(IdentityConfig(model_decision_samples=5), 2), two_animal_model()
+    for t in range(30):  # fragments 10 and 11 (animals 0 and 1) pile up evidence
+        ids, _, _ = model_step(live, t, [10, 11], [0, 1], rng, model)
+    assert ids.tolist() == [1, 2]
+    # both leave; the next two fragments take the freed slots, each holding the other animal's evidence
+    for t in range(30, 40):
+        ids, _, _ = model_step(live, t, [12, 13], [0, 1], rng, model, ended=[10, 11] if t == 30 else ())
+    assert ids.tolist() == [1, 2]
+
+
+def test_a_new_model_judges_fragments_on_their_remembered_images():
+    rng = np.random.default_rng(12)
+    live = LiveIdentities(IdentityConfig(model_decision_samples=5), 2)
+    for t in range(8):  # a model retrained every frame: the images before it still count
+        ids, prob, _ = model_step(live, t, [0, 1], [0, 1], rng, two_animal_model())
+        if t < 4:
+            assert ids.tolist() == [0, 0]  # one image under each model would never reach 5
+    assert ids.tolist() == [1, 2] and (prob > 0.5).all()
+
+
+def test_the_model_names_a_new_fragment_from_its_first_image_and_revises_it():
+    rng = np.random.default_rng(13)
+    live, model = LiveIdentities(IdentityConfig(revision_interval_frames=5), 2), two_animal_model()
+    ids, prob, events = model_step(live, 0, [0, 1], [0, 1], rng, model)
+    assert (ids > 0).all() and sorted(ids.tolist()) == [1, 2]  # named at once
+    for t in range(1, 30):
+        ids, prob, _ = model_step(live, t, [0, 1], [0, 1], rng, model)
+    assert ids.tolist() == [1, 2] and (prob > 0.99).all()
 
 
 def test_extra_fragments_stay_undecided():

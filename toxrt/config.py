@@ -56,6 +56,7 @@ class LinkingConfig:
 @dataclass(frozen=True)
 class IdentityConfig:
     decision_samples: int = option(5, *between(1, 10_000))
+    model_decision_samples: int = option(1, *between(1, 10_000))
     revision_interval_frames: int = option(10, *between(1, 1_000_000))
     reference_samples: int = option(64, *between(1, 10_000))
     fragment_samples: int = option(24, *between(1, 10_000))
@@ -71,9 +72,10 @@ class IdentityConfig:
     min_correlation: float = option(0.1, lambda v: -1.0 <= v <= 1.0, "between -1 and 1")
 
     def __post_init__(self) -> None:
-        if self.decision_samples > self.fragment_samples:
-            raise ConfigError(f"identity.decision_samples: {self.decision_samples} must not exceed "
-                              f"identity.fragment_samples ({self.fragment_samples})")
+        for key in ("decision_samples", "model_decision_samples"):
+            if getattr(self, key) > self.fragment_samples:
+                raise ConfigError(f"identity.{key}: {getattr(self, key)} must not exceed "
+                                  f"identity.fragment_samples ({self.fragment_samples})")
 
 
 @dataclass(frozen=True)

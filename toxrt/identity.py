@@ -20,7 +20,7 @@ from .types import IdentityEvent
 logger = logging.getLogger(__name__)
 
 # A new fragment whose model posterior already reaches this (among the identities no other alive
-# fragment holds) is named before decision_samples images: 99%, the accumulation's bar for a
+# fragment holds) is named before model_decision_samples images: 99%, the accumulation's bar for a
 # global fragment.
 EARLY_DECISION_PROBABILITY = 0.99
 
@@ -48,6 +48,10 @@ class LiveIdentities:
     With ``number_of_animals == 0`` (unknown) there are no identities: every blob gets identity 0,
     and identities stay at fragment level (the fragment id).
 
+    Once the session's appearance model exists, it decides instead (``_decide_by_model``). Each slot
+    also remembers its fragment's latest ``fragment_samples`` identity features, so that a new
+    model judges a fragment on those images rather than on the few seen since it arrived.
+
     Memory is bounded: references are (N, reference_samples, bins); the fragment pool has one slot
     per simultaneously alive individual fragment and slots are reused when fragments end.
     """
@@ -64,6 +68,7 @@ class LiveIdentities:
         self._capacity = 0
         self._model: ModelSnapshot | None = None
         self._model_number = 0  # 1, 2, ... for each new model; evidence of an older one is dropped
+        self._features: np.ndarray | None = None  # (slots, fragment_samples, d) latest identity features
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -80,7 +85,8 @@ class LiveIdentities:
         if not self._bins:
             return {"reference": 0, "fragment_pool": 0, "slots": 0}
         return {"reference": self._ref_z.size + self._ref_code.size,
-                "fragment_pool": self._z.size + self._code.size,
+                "fragment_pool": self._z.size + self._code.size
+                + (0 if self._features is None else self._features.size),
                 "slots": self._capacity}
 
     def reference_counts(self) -> np.ndarray:
@@ -91,14 +97,16 @@ class LiveIdentities:
 
     def update(self, frame_index: int, fragment: np.ndarray, is_crossing: np.ndarray, histogram: np.ndarray,
                hu: np.ndarray, ended: np.ndarray, model: ModelSnapshot | None = None,
-               model_log_proba: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[IdentityEvent]]:
+               model_features: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[IdentityEvent]]:
         """Take one frame's blobs and return (identity int32 (n,), probability float32 (n,), events).
 
         fragment int64 (n,) fragment id per blob; is_crossing bool (n,); histogram float32 (n, bins)
         summing to 1; hu float64 (n, 7); ended int64 (k,) ids of fragments that ended this frame.
-        model: the session's appearance model once learned (``live_appearance.py``), with
-        model_log_proba float32 (individual blobs, N) its image log-probabilities of this frame's
-        individual blobs, in blob order; from then on it decides instead of the ToxId similarity.
+        model: the session's appearance model once learned (``live_appearance.py``); from then on it
+        decides instead of the ToxId similarity. model_features float32 (individual blobs, d): the
+        identity features of this frame's individual blobs, in blob order, given on every frame of a
+        session that learns a model (also before it exists), so that each new model can score the
+        recent images of the alive fragments.
         Identity is 1..N, or 0 for crossing blobs and undecided or extra fragments.
         """
         fragment = np.asarray(fragment, np.int64).reshape(-1)
@@ -126,8 +134,10 @@ class LiveIdentities:
             ids = fragment[individual]
             slots = np.fromiter((self._slot(f) for f in ids.tolist()), np.intp, individual.size)
             self._append(slots, np.asarray(histogram)[individual], np.asarray(hu)[individual])
-            if model is not None and model_log_proba is not None:
-                self._add_evidence(slots, model, model_log_proba)
+            if model_features is not None:
+                self._remember_features(slots, np.asarray(model_features, np.float32))
+                if model is not None:
+                    self._add_evidence(slots, model, model_features)
             events = self._decide(frame_index)
             identity[individual] = self._identity[slots]
             probability[individual] = self._prob[slots]
@@ -170,6 +180,9 @@ class LiveIdentities:
         self._evidence = resized(None if first else self._evidence, (self._n,), np.float64)  # summed log p
         self._evidence_count = resized(None if first else self._evidence_count, (), np.int64)
         self._evidence_model = resized(None if first else self._evidence_model, (), np.int64)  # model number
+        self._feature_count = resized(None if first else self._feature_count, (), np.int64)
+        if self._features is not None:
+            self._features = resized(self._features, self._features.shape[1:], np.float32)
         self._free_slots.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity
 
@@ -186,7 +199,11 @@ class LiveIdentities:
             self._prob[slot] = 0.0
             self._sim_row[slot] = np.nan
             self._in_use[slot] = True
+            # a reused slot must not carry its last fragment's images or evidence
+            self._evidence[slot] = 0.0
             self._evidence_count[slot] = 0
+            self._evidence_model[slot] = 0  # no model's evidence yet
+            self._feature_count[slot] = 0
         return slot
 
     def _close(self, fragment_ids: np.ndarray) -> None:
@@ -232,20 +249,41 @@ class LiveIdentities:
 
     # -- decisions -------------------------------------------------------------------------------
 
-    def _add_evidence(self, slots: np.ndarray, model: ModelSnapshot, log_proba: np.ndarray) -> None:
+    def _remember_features(self, slots: np.ndarray, features: np.ndarray) -> None:
+        """Keep each alive fragment's latest ``fragment_samples`` identity features (a ring)."""
+        if self._features is None:
+            self._features = np.zeros((self._capacity, self._cfg.fragment_samples, features.shape[1]), np.float32)
+        self._features[slots, self._feature_count[slots] % self._cfg.fragment_samples] = features
+        self._feature_count[slots] += 1
+
+    def _log_proba(self, features: np.ndarray) -> np.ndarray:
+        log_proba = self._model.log_proba(features)
+        unseen = np.setdiff1d(np.arange(self._n), self._model.identities - 1)
+        if unseen.size:  # an animal the model has not met yet is neither favoured nor ruled out
+            log_proba[:, unseen] = log_proba[:, self._model.identities - 1].mean(axis=1, keepdims=True)
+        return log_proba
+
+    def _add_evidence(self, slots: np.ndarray, model: ModelSnapshot, features: np.ndarray) -> None:
+        """Add this frame's image log-probabilities to the fragments whose evidence is this model's;
+        the others are scored from their remembered images when next due (``_rescore``)."""
         if model is not self._model:
             self._model, self._model_number = model, self._model_number + 1
             logger.info("appearance model %d takes over the live identities", self._model_number)
-        unseen = np.setdiff1d(np.arange(self._n), model.identities - 1)
-        if unseen.size:  # an animal the model has not met yet is neither favoured nor ruled out
-            log_proba = log_proba.copy()
-            log_proba[:, unseen] = log_proba[:, model.identities - 1].mean(axis=1, keepdims=True)
-        stale = self._evidence_model[slots] != self._model_number
-        self._evidence[slots[stale]] = 0.0
-        self._evidence_count[slots[stale]] = 0
+        current = self._evidence_model[slots] == self._model_number
+        if current.any():
+            self._evidence[slots[current]] += self._log_proba(np.asarray(features, np.float32)[current])
+            self._evidence_count[slots[current]] += 1
+
+    def _rescore(self, slots: np.ndarray) -> None:
+        """Evidence of the current model from each slot's remembered images (its latest
+        ``fragment_samples``): a fragment is not judged on the few images seen since a model changed."""
+        held = np.minimum(self._feature_count[slots], self._cfg.fragment_samples)
+        remembered = np.arange(self._cfg.fragment_samples) < held[:, None]
+        evidence = np.zeros((slots.size, self._n))
+        np.add.at(evidence, np.repeat(np.arange(slots.size), held), self._log_proba(self._features[slots][remembered]))
+        self._evidence[slots] = evidence
+        self._evidence_count[slots] = held
         self._evidence_model[slots] = self._model_number
-        self._evidence[slots] += log_proba
-        self._evidence_count[slots] += 1
 
     def _decide(self, frame_index: int) -> list[IdentityEvent]:
         if self._model is not None:
@@ -373,21 +411,26 @@ class LiveIdentities:
 
         Each fragment's identity posterior is the softmax of its summed image log-probabilities
         divided by the model's temperature. Whenever a fragment is due (new with
-        ``decision_samples`` images under this model or an already decisive posterior, or due for
+        ``model_decision_samples`` images or an already decisive posterior, or due for
         revision), every alive fragment
         with evidence takes part in one Hungarian assignment that maximises the summed log
-        posterior; a holder without evidence yet (the model just changed) keeps its identity.
+        posterior. After a model change, a fragment's evidence is rebuilt from its remembered images
+        when it is next due; until then a holder keeps its identity.
         Probability: the posterior of the chosen identity among those that no other alive
         fragment holds.
         """
         cfg, cap = self._cfg, self._capacity
         in_use, identity = self._in_use[:cap], self._identity[:cap]
+        due_now = in_use & ((identity == 0) | (self._next_revision[:cap] <= frame_index))
+        stale = due_now & (self._evidence_model[:cap] != self._model_number) & (self._feature_count[:cap] > 0)
+        if stale.any():
+            self._rescore(np.flatnonzero(stale))
         current = self._evidence_model[:cap] == self._model_number
         evidence = in_use & current & (self._evidence_count[:cap] > 0)
         held = in_use & (identity > 0)
-        # A new fragment is named after decision_samples images, or sooner when its evidence is
-        # already decisive among the identities no other alive fragment holds.
-        enough = evidence & (self._evidence_count[:cap] >= cfg.decision_samples)
+        # A new fragment is named after model_decision_samples images, or sooner when its evidence
+        # is already decisive among the identities no other alive fragment holds.
+        enough = evidence & (self._evidence_count[:cap] >= cfg.model_decision_samples)
         pending = np.flatnonzero(evidence & (identity == 0) & ~enough)
         free = np.setdiff1d(np.arange(self._n), identity[held] - 1)
         if pending.size and free.size:

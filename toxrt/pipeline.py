@@ -134,13 +134,12 @@ class LiveTracker:
         link = self.linker.update(blobs)  # which blobs are crossings is the linker's decision
         t2 = time.perf_counter()
         individual = np.flatnonzero(~link.is_crossing)
-        features = model = log_proba = None
+        features = model = None
         if self.learner is not None:
             features = identity_features(blobs.crop[individual], self.feature_shape)
             model = self.learner.snapshot()
-            log_proba = model.log_proba(features) if model is not None else None
         identity, probability, events = self.identities.update(
-            frame.index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended, model, log_proba
+            frame.index, link.fragment, link.is_crossing, blobs.histogram, blobs.hu, link.ended, model, features
         )
         if self.learner is not None:
             all_apart = individual.size == self.number_of_animals == len(blobs)
