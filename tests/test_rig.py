@@ -58,8 +58,11 @@ def test_a_rig_of_a_simulated_and_a_replayed_camera_publishes_both_to_one_subscr
         + camera_table("broken", "missing.avi", *ports[4:6]))
     addresses = [f"tcp://127.0.0.1:{p}" for p in ports[0:4:2]]
     with MultiCameraClient(addresses) as client:  # subscribed before the cameras start
+        # started as a background job of a script would be, with SIGINT ignored: Ctrl+C (or kill
+        # -INT) must still stop it
         rig = subprocess.Popen([sys.executable, "-m", "toxrt", "rig", str(tmp_path / "rig.toml")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         shown: list[str] = []
         reader = threading.Thread(target=lambda: shown.extend(rig.stdout), daemon=True)
         reader.start()

@@ -245,7 +245,9 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
     processes: list[CameraProcess] = []
     statuses: dict[str, dict] = {}
     deadline = None if duration_s is None else time.monotonic() + duration_s
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Both stop the rig, even when it was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits that, and Python then never raises KeyboardInterrupt).
+    previous = {signum: signal.signal(signum, _raise_interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         for plan in plans:
             processes.append(CameraProcess(plan))
@@ -268,7 +270,8 @@ def run_rig(plans: Sequence[CameraPlan], duration_s: float | None = None, out: T
     except KeyboardInterrupt:
         out.write("stopping every camera (each finishes its session)\n")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         for proc in processes:
             proc.stop()
         for proc in processes:
