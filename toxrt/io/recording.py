@@ -376,7 +376,7 @@ class SessionWriter:
         if lag > interval:
             self.stats.slow_flushes += 1
             self._slow_warnings.warn(
-                f"slow disk: a flush reached {self.session_dir} {lag:.2f} s late; a kill now would lose up to "
+                f"recording late (slow disk, or a CPU too busy to write): a flush reached {self.session_dir} {lag:.2f} s late; a kill now would lose up to "
                 f"{interval + lag:.1f} s of tracking (flush_interval_s = {interval:g})")
 
     def _write_chunk(self, frames: list[FrameResult]) -> None:
