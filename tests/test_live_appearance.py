@@ -41,6 +41,16 @@ def test_the_learner_seeds_from_a_global_fragment_and_accepts_later_fragments():
     assert model.temperature >= 1.0
 
 
+def test_images_per_fragment_zero_keeps_every_image_up_to_a_bound():
+    learner = live_appearance.AppearanceLearner(AppearanceConfig(images_per_fragment=0), SHAPE, N, fps=25)
+    for observation in _frames(39, np.random.default_rng(3)):  # one block: 39 images per fragment
+        learner.ingest(observation)
+    assert learner.stats.seeded_at_frame >= 0
+    kept = [len(learner._fragments[f].images) for f in range(N)]
+    assert kept == [39] * N  # "all", not 2 (what 0 used to give)
+    assert live_appearance.LIVE_IMAGES_PER_FRAGMENT_LIMIT < 10_000  # and bounded for endless fragments
+
+
 @pytest.mark.slow
 def test_the_learner_forgets_old_fragments_and_keeps_a_bounded_pool():
     cfg = AppearanceConfig(live_retrain_interval_s=0.4, live_images_per_identity=100)

@@ -54,6 +54,9 @@ CLOSE_TIMEOUT_S = 5.0  # the longest close() waits for the learner's last word, 
 LIVENESS_CHECK_FRAMES = 100  # frames between checks that the learner process is still alive
 ROUNDS_PER_RETRAIN = 3  # accumulation rounds per retrain (each a fit); the rest waits for the next
 MIN_RETRAIN_FRAMES = 5  # frames between the first retrains after the seed (then doubling)
+# With images_per_fragment = 0 ("all"), the learner still keeps a bounded spread sample of each
+# fragment: one animal alone for a whole session is a single fragment of every frame.
+LIVE_IMAGES_PER_FRAGMENT_LIMIT = 1024
 SEED_PARTIAL_AFTER_RETRAINS = 2  # without a global fragment by then, the largest group seeds
 
 
@@ -285,7 +288,7 @@ class AppearanceLearner:
 
     def ingest(self, obs: Observation) -> None:
         self._last_frame = obs.frame
-        cap = max(2, self.cfg.images_per_fragment)
+        cap = self.cfg.images_per_fragment or LIVE_IMAGES_PER_FRAGMENT_LIMIT
         for k, f in enumerate(obs.fragment.tolist()):
             record = self._fragments.get(f)
             if record is None:
