@@ -28,11 +28,11 @@ model of ``appearance.py`` instead of a network:
    on it (``folds``-fold cross-fitting over fragments). Image log-probabilities are summed over the
    fragment and divided by a temperature fitted on the held-out accepted fragments, because the
    images of one fragment are far from independent. An accepted fragment's probability leaves out
-   the identities of its coexisting fragments; a residual one keeps its appearance-alone
-   probability (the neighbours that forced it may be wrong). The estimated accuracy is the
-   image-weighted mean of these probabilities over the identified images. A model cannot see its
-   own consistent mistakes: where appearance alone names fewer than half of the images, a warning
-   says so (docs/identity.md has the measured calibration).
+   the identities of its coexisting fragments; a residual one leaves out only those of its
+   coexisting accepted fragments (its residual neighbours, which forced it, may be wrong). The
+   estimated accuracy is the image-weighted mean of these probabilities over the identified
+   images. A model cannot see its own consistent mistakes: where appearance alone names fewer than
+   half of the images, a warning says so (docs/identity.md has the measured calibration).
 
 Everything is deterministic: no random draw is made. The input is plain arrays
 (``fragments.FragmentGraph``, features grouped by fragment), so the live learner and ``toxrt refine``
@@ -275,7 +275,8 @@ class Accumulator:
         Fragments are dealt into ``folds`` folds in order of start; each fold is scored by a model
         trained on the accepted fragments of the other folds. The temperature that best predicts the
         held-out accepted fragments' identities turns summed log-probabilities into probabilities;
-        identities held by coexisting fragments are removed before normalising. Also sets
+        identities held by coexisting fragments (accepted ones only, for a residual fragment) are
+        removed before normalising. Also sets
         ``appearance_probability`` (F,): the same without removing any identity (appearance alone).
         """
         folds = max(2, self.settings.folds)
@@ -293,9 +294,12 @@ class Accumulator:
             loglik[held] = neutral_unseen(self.fragment_log_likelihood(model, held)[held], model)
             known_to_model[np.ix_(held, model.identities - 1)] = True
         taken = np.zeros((len(self.graph), self.n), bool)
+        taken_by_accepted = np.zeros((len(self.graph), self.n), bool)
         known = np.flatnonzero(identity > 0)
         for f in known.tolist():
             taken[self.graph.neighbours(f), identity[f] - 1] = True
+            if accepted[f]:
+                taken_by_accepted[self.graph.neighbours(f), identity[f] - 1] = True
         calibrate = known[accepted[known] & known_to_model[known, identity[known] - 1]]
         # Calibrated on appearance alone: with the coexistence constraint a fragment among N - 1
         # identified ones has one identity left, whatever the temperature.
@@ -308,10 +312,11 @@ class Accumulator:
             alone = _posterior(loglik[known], np.zeros((known.size, self.n), bool), temperature)
             appearance[known] = alone[rows, identity[known] - 1]
             # An accepted fragment was certain next to its accepted neighbours: the coexistence rule
-            # counts. A residual one was forced among neighbours that may be wrong: its appearance
-            # alone says how sure it is (identical simulated animals: 38% right, 99% estimated
-            # with the rule for every fragment).
-            chosen = np.where(accepted[known], post[rows, identity[known] - 1], appearance[known])
+            # counts. A residual one was forced among residual neighbours that may be wrong: only
+            # its accepted neighbours' identities are ruled out (identical simulated animals: 38%
+            # right, 99% estimated with every neighbour ruled out, 31% with the accepted ones).
+            residual = _posterior(loglik[known], taken_by_accepted[known], temperature)
+            chosen = np.where(accepted[known], post[rows, identity[known] - 1], residual[rows, identity[known] - 1])
             # an identity given is never impossible: floored where the exponential underflows
             probability[known] = np.maximum(chosen, MIN_PROBABILITY)
         self.appearance_probability = appearance
