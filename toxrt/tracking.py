@@ -232,8 +232,9 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append("note:        stopped before the end of the source; what was tracked is written")
     if summary.get("writer_slow_flushes"):
         lag, interval = summary.get("writer_flush_lag_max_s", 0.0), summary.get("flush_interval_s", 0.0)
-        lines.append(f"WARNING:     recording late (slow disk or busy CPU): {summary['writer_slow_flushes']} flushes were late, by up to "
-                     f"{lag:.2f} s; a kill could have lost up to {interval + lag:.1f} s of tracking")
+        lines.append(f"WARNING:     recording late (slow disk or busy CPU): {summary['writer_slow_flushes']} "
+                     f"flushes were late, by up to {lag:.2f} s; a kill could have lost up to {interval + lag:.1f} s "
+                     "of tracking")
     if summary.get("markers_rejected"):
         lines.append(f"WARNING:     {summary['markers_rejected']} markers rejected ({summary.get('markers_too_large', 0)} "
                      "too large, the rest not plain data); the first are in the log")

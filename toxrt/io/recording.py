@@ -376,8 +376,9 @@ class SessionWriter:
         if lag > interval:
             self.stats.slow_flushes += 1
             self._slow_warnings.warn(
-                f"recording late (slow disk, or a CPU too busy to write): a flush reached {self.session_dir} {lag:.2f} s late; a kill now would lose up to "
-                f"{interval + lag:.1f} s of tracking (flush_interval_s = {interval:g})")
+                f"recording late (slow disk, or a CPU too busy to write): a flush reached {self.session_dir} "
+                f"{lag:.2f} s late; a kill now would lose up to {interval + lag:.1f} s of tracking "
+                f"(flush_interval_s = {interval:g})")
 
     def _write_chunk(self, frames: list[FrameResult]) -> None:
         rows = np.concatenate([blob_records(r) for r in frames])
