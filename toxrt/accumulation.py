@@ -161,24 +161,25 @@ class Accumulator:
             y = labels[self.image_fragment[rows]]
         return self.model.fit(self.features[rows], y)
 
-    def fragment_log_likelihood(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
-        """float64 (F, N): summed image log-probabilities of the given fragments (0 elsewhere)."""
+    def _sum_over_images(self, model: ModelSnapshot, fragments: np.ndarray, probabilities: bool) -> np.ndarray:
+        """float64 (F, N): image log-probabilities (or probabilities) summed per fragment, for the
+        given fragments (0 elsewhere)."""
         out = np.zeros((len(self.graph), self.n))
         rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
         for lo in range(0, rows.size, 16384):  # bounded temporaries
             part = rows[lo:lo + 16384]
-            out += sum_by_fragment(model.log_proba(self.features[part]), self.image_fragment[part], len(self.graph))
+            values = model.log_proba(self.features[part])
+            out += sum_by_fragment(np.exp(values) if probabilities else values, self.image_fragment[part],
+                                   len(self.graph))
         return out
+
+    def fragment_log_likelihood(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
+        """float64 (F, N): summed image log-probabilities of the given fragments (0 elsewhere)."""
+        return self._sum_over_images(model, fragments, probabilities=False)
 
     def fragment_p1(self, model: ModelSnapshot, fragments: np.ndarray) -> np.ndarray:
         """float64 (F, N): mean image probability per fragment (idtracker.ai's P1)."""
-        out = np.zeros((len(self.graph), self.n))
-        rows = np.flatnonzero(np.isin(self.image_fragment, fragments))
-        for lo in range(0, rows.size, 16384):
-            part = rows[lo:lo + 16384]
-            out += sum_by_fragment(np.exp(model.log_proba(self.features[part])), self.image_fragment[part],
-                                   len(self.graph))
-        return out / np.maximum(self.scored, 1)[:, None]
+        return self._sum_over_images(model, fragments, probabilities=True) / np.maximum(self.scored, 1)[:, None]
 
     # -- one run ---------------------------------------------------------------------------------
 
@@ -308,15 +309,14 @@ class Accumulator:
         appearance = np.zeros(len(self.graph))
         if known.size:
             rows = np.arange(known.size)
-            post = _posterior(loglik[known], taken[known], temperature)
             alone = _posterior(loglik[known], np.zeros((known.size, self.n), bool), temperature)
             appearance[known] = alone[rows, identity[known] - 1]
             # An accepted fragment was certain next to its accepted neighbours: the coexistence rule
             # counts. A residual one was forced among residual neighbours that may be wrong: only
             # its accepted neighbours' identities are ruled out (identical simulated animals: 38%
             # right, 99% estimated with every neighbour ruled out, 31% with the accepted ones).
-            residual = _posterior(loglik[known], taken_by_accepted[known], temperature)
-            chosen = np.where(accepted[known], post[rows, identity[known] - 1], residual[rows, identity[known] - 1])
+            ruled_out = np.where(accepted[known, None], taken[known], taken_by_accepted[known])
+            chosen = _posterior(loglik[known], ruled_out, temperature)[rows, identity[known] - 1]
             # an identity given is never impossible: floored where the exponential underflows
             probability[known] = np.maximum(chosen, MIN_PROBABILITY)
         self.appearance_probability = appearance

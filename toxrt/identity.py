@@ -11,6 +11,7 @@ import logging
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .accumulation import neutral_unseen
 from .appearance import MIN_PROBABILITY, ModelSnapshot
 from .config import IdentityConfig
 from .errors import ConfigError
@@ -135,9 +136,10 @@ class LiveIdentities:
             slots = np.fromiter((self._slot(f) for f in ids.tolist()), np.intp, individual.size)
             self._append(slots, np.asarray(histogram)[individual], np.asarray(hu)[individual])
             if model_features is not None:
-                self._remember_features(slots, np.asarray(model_features, np.float32))
+                features = np.asarray(model_features, np.float32)
+                self._remember_features(slots, features)
                 if model is not None:
-                    self._add_evidence(slots, model, model_features)
+                    self._add_evidence(slots, model, features)
             events = self._decide(frame_index)
             identity[individual] = self._identity[slots]
             probability[individual] = self._prob[slots]
@@ -257,11 +259,7 @@ class LiveIdentities:
         self._feature_count[slots] += 1
 
     def _log_proba(self, features: np.ndarray) -> np.ndarray:
-        log_proba = self._model.log_proba(features)
-        unseen = np.setdiff1d(np.arange(self._n), self._model.identities - 1)
-        if unseen.size:  # an animal the model has not met yet is neither favoured nor ruled out
-            log_proba[:, unseen] = log_proba[:, self._model.identities - 1].mean(axis=1, keepdims=True)
-        return log_proba
+        return neutral_unseen(self._model.log_proba(features), self._model)
 
     def _add_evidence(self, slots: np.ndarray, model: ModelSnapshot, features: np.ndarray) -> None:
         """Add this frame's image log-probabilities to the fragments whose evidence is this model's;
@@ -271,7 +269,7 @@ class LiveIdentities:
             logger.info("appearance model %d takes over the live identities", self._model_number)
         current = self._evidence_model[slots] == self._model_number
         if current.any():
-            self._evidence[slots[current]] += self._log_proba(np.asarray(features, np.float32)[current])
+            self._evidence[slots[current]] += self._log_proba(features[current])
             self._evidence_count[slots[current]] += 1
 
     def _rescore(self, slots: np.ndarray) -> None:
@@ -460,8 +458,7 @@ class LiveIdentities:
             new_identity[open_rows[rows]] = available[cols]
         # P2: the chosen identity against those no other alive fragment holds
         others = np.zeros((slots.size, self._n), bool)
-        for ident in np.concatenate([kept, new_identity[new_identity > 0]]).tolist():
-            others[:, ident - 1] = True
+        others[:, np.concatenate([kept, new_identity[new_identity > 0]]) - 1] = True
         rows = np.flatnonzero(new_identity > 0)
         others[rows, new_identity[rows] - 1] = False
         post = np.exp(np.where(others, -np.inf, log_post))
